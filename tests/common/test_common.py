@@ -1,0 +1,123 @@
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lumenkit.common import bench, images, metrics
+from lumenkit.common.errors import LumenkitError
+from lumenkit.common.fileio import atomic_path, load_state_dict, save_state_dict
+
+
+def test_png16_roundtrip_exact_and_metadata(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 65536, size=(7, 5, 3), dtype=np.uint16)
+    p = images.write_image(tmp_path / "a.png", img, metadata={"prompt": "a red circle", "seed": "3"})
+    back = images.read_image(p)
+    assert images.read_image_bit_depth(p) == 16
+    np.testing.assert_array_equal((back * 65535).round().astype(np.uint16), img)
+    assert images.read_png_text(p) == {"prompt": "a red circle", "seed": "3"}
+
+
+def test_png8_rgba_channel_order(tmp_path):
+    img = np.zeros((2, 2, 4), np.float32)
+    img[..., 0] = 1.0  # pure red
+    img[..., 3] = 0.5
+    back = images.read_image(images.write_image(tmp_path / "r.png", img))
+    np.testing.assert_allclose(back[0, 0], [1, 0, 0, 128 / 255], atol=1e-6)
+
+
+def test_hdr_roundtrip_within_rgbe_precision(tmp_path):
+    rng = np.random.default_rng(1)
+    img = (rng.random((8, 9, 3)) * 50).astype(np.float32) + 0.01
+    back = images.read_hdr(images.write_hdr(tmp_path / "env.hdr", img))
+    # RGBE keeps 8 mantissa bits relative to the largest channel of each pixel
+    assert np.all(np.abs(back - img) <= img.max(axis=2, keepdims=True) / 128 + 1e-6)
+
+
+def test_exr_roundtrip_when_opencv_allows(tmp_path):
+    img = np.linspace(0, 10, 4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
+    try:
+        p = images.write_image(tmp_path / "a.exr", img)
+    except LumenkitError:
+        pytest.skip("this OpenCV build has no EXR codec")
+    np.testing.assert_allclose(images.read_hdr(p), img, rtol=1e-3)
+
+
+def test_srgb_linear_inverse_and_known_values():
+    x = np.linspace(0, 1, 1001, dtype=np.float64)
+    np.testing.assert_allclose(images.linear_to_srgb(images.srgb_to_linear(x)), x, atol=1e-12)
+    np.testing.assert_allclose(images.srgb_to_linear(np.array([0.5])), [0.21404114], atol=1e-7)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    torch.testing.assert_close(images.srgb_to_linear(t), torch.from_numpy(images.srgb_to_linear(t.numpy())))
+
+
+def test_read_errors_name_the_file(tmp_path):
+    with pytest.raises(LumenkitError, match="missing.png"):
+        images.read_image(tmp_path / "missing.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(LumenkitError, match="bad.png"):
+        images.read_image(bad)
+
+
+def test_atomic_path_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_weights_roundtrip_and_pickle_refused(tmp_path):
+    sd = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    for name in ("m.safetensors", "m.pt"):
+        back = load_state_dict(save_state_dict(tmp_path / name, sd))
+        for k in sd:
+            torch.testing.assert_close(back[k], sd[k])
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"x": _Evil()}))
+    with pytest.raises(LumenkitError, match="evil.ckpt"):
+        load_state_dict(evil)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(LumenkitError, match="junk.safetensors"):
+        load_state_dict(tmp_path / "junk.safetensors")
+
+
+def test_psnr_closed_form_and_ssim_identity():
+    a = np.zeros((16, 16, 3))
+    b = a + 0.1  # mse 0.01 -> 20 dB
+    assert metrics.psnr(a, b) == pytest.approx(20.0)
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 32, 3))
+    assert metrics.ssim(x, x) == pytest.approx(1.0)
+    assert metrics.ssim(x, rng.random((32, 32, 3))) < 0.1
+
+
+def test_benchmarks_md_sections(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    bench.write_section("longexp", "| a |\n|---|\n| 1 |", path=md)
+    bench.write_section("diffusion", "first", path=md)
+    bench.write_section("diffusion", "second", path=md)
+    text = md.read_text()
+    assert "second" in text and "first" not in text
+    assert text.index("lumenkit:begin diffusion") < text.index("lumenkit:begin longexp")
+    assert "Machine:" in text
+
+
+def test_cli_user_error_is_one_line_exit_2():
+    r = subprocess.run([sys.executable, "-m", "lumenkit", "demo", "--systems", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "lumenkit", "--no-such-flag"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
