@@ -100,7 +100,7 @@ def _tokenizer_from_files(files: dict[str, str]):
 
 def _tokenizer_files(tokenizer) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         return {p.name: p.read_text(encoding="utf-8") for p in Path(tmp).iterdir() if p.is_file()}
 
 
@@ -108,9 +108,27 @@ def _load_tokenizer(path: str | Path):
     from transformers import CLIPTokenizer
 
     path = Path(path)
-    if not (path / "vocab.json").is_file() or not (path / "merges.txt").is_file():
+    has_bpe = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    if not has_bpe and not (path / "tokenizer.json").is_file():
         raise LumenkitError(f"{path}: not a CLIP tokenizer folder (needs vocab.json and merges.txt)")
     return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> Path:
+    """Save a CLIPTokenizer in the classic SD layout: vocab.json + merges.txt + tokenizer_config.json +
+    special_tokens_map.json (transformers 5 alone writes only tokenizer.json; we keep that too)."""
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not (folder / "vocab.json").is_file():
+        model = json.loads(backend.to_str())["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    if not (folder / "special_tokens_map.json").is_file():
+        special = {k: str(getattr(tokenizer, k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token") if getattr(tokenizer, k, None)}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    return folder
 
 
 @dataclass
@@ -134,7 +152,9 @@ class Text2Image:
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
         for m in (self.text_encoder, self.vae, self.unet):
-            m.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+            m.to(self.device).eval().requires_grad_(False)
+            if next(m.parameters()).dtype != self.dtype:
+                m.to(self.dtype)
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
@@ -227,6 +247,27 @@ class Text2Image:
         schedule, pred = schedule_from_scheduler_config(sched_cfg)
         return cls(tokenizer, text_encoder, vae, unet, schedule, resolve_device(device), dtype, pred, sched_cfg)
 
+    @classmethod
+    def from_preset(
+        cls, preset: str | dict, tokenizer: Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+        *, vocab_size: int | None = None, seed: int = 0,
+    ) -> "Text2Image":
+        """Randomly initialised model of a models.py preset (for training starts, tests and timing).
+        vocab_size defaults to the preset's, else len(tokenizer)."""
+        from lumenkit.common.device import resolve_device
+        from lumenkit.t2i.models import build_text_encoder, build_unet, build_vae, preset_config
+
+        cfg = preset_config(preset)
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = _load_tokenizer(tokenizer)
+        vocab = vocab_size or cfg["text"].get("vocab_size") or len(tokenizer)
+        torch.manual_seed(seed)
+        text_encoder = build_text_encoder(cfg, vocab)
+        vae, unet = build_vae(cfg), build_unet(cfg)
+        sched_cfg = scheduler_config_from_preset(cfg.get("schedule", {}))
+        schedule, pred = schedule_from_scheduler_config(sched_cfg)
+        return cls(tokenizer, text_encoder, vae, unet, schedule, resolve_device(device), dtype, pred, sched_cfg)
+
     # ------------------------------------------------------------------------------ saving
     def save_pretrained(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write the diffusers layout (safetensors) atomically: a temporary sibling folder is renamed
@@ -241,7 +282,7 @@ class Text2Image:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
             self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            save_tokenizer(self.tokenizer, tmp / "tokenizer")
             for name, module in (extra or {}).items():
                 module.save_pretrained(tmp / name)
             (tmp / "scheduler").mkdir()
@@ -358,7 +399,7 @@ class Text2Image:
         negative_prompt: str | Sequence[str] | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
-        eta: float = 0.0,
+        eta: float | None = None,
         sampler: str = "ddim",
         height: int | None = None,
         width: int | None = None,
@@ -373,8 +414,10 @@ class Text2Image:
     ):
         """Generate images. prompt: str or list (B = len * num_images_per_prompt).
 
-        init_image [H, W, 3] or [B, H, W, 3] in [0, 1] switches to img2img: its latent is noised to
-        `strength` (0: returned unchanged, 1: pure noise) and denoised for about strength * steps steps.
+        eta: DDIM eta (default 0) or Euler-a's ancestral eta (default 1); PLMS needs 0, DDPM ignores it.
+        init_image [H, W, 3] or [B, H, W, 3] in [0, 1] switches to img2img: its latent (the VAE posterior
+        mean) is noised to `strength` (0: returned unchanged, 1: pure noise) and the last
+        int(strength * steps) steps are run.
         latents: the initial noise [B, 4, H/f, W/f] (else drawn from `generator`, on the CPU when the
         generator is a CPU one, as diffusers does). Returns [B, H, W, 3] float32 in [0, 1] ("np"),
         [B, 3, H, W] ("pt") or the final scaled latents ("latent").
@@ -419,6 +462,8 @@ class Text2Image:
 
         cond = self.encode_prompt(prompts)
         uncond = self.encode_prompt(negs) if guidance_scale != 1.0 else None
+        if latents is not None and init is not None:
+            raise LumenkitError("latents (the start noise) and init_image (img2img) exclude each other")
         if latents is None and init is None:
             gen_device = generator.device if generator is not None else torch.device("cpu")
             latents = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
@@ -430,19 +475,18 @@ class Text2Image:
         kwargs: dict[str, Any] = dict(
             sampler=sampler,
             steps=int(num_inference_steps),
+            spacing="leading",  # diffusers' SD scheduler config: exactly S steps, arange(S) * (T // S) + 1
             cond=cond,
             uncond=uncond,
             guidance_scale=float(guidance_scale),
-            eta=float(eta),
+            eta=eta,
             generator=generator,
             callback=callback,
             progress=progress,
             parameterization=self.parameterization,
         )
         if init is not None:
-            kwargs.update(init=init, strength=float(strength), shape=shape)
-            if latents is not None:
-                kwargs["noise"] = latents
+            kwargs.update(init=init, strength=float(strength))
         else:
             kwargs["x_T"] = latents
         out = sample(self.eps_model, self.schedule, **kwargs)
@@ -590,7 +634,7 @@ def sample_main(args: argparse.Namespace) -> int:
                 negative_prompt=args.negative_prompt or None,
                 num_inference_steps=args.ddim_steps,
                 guidance_scale=args.scale,
-                eta=args.ddim_eta,
+                eta=args.ddim_eta if sampler == "ddim" else None,
                 sampler=sampler,
                 height=H,
                 width=W,
