@@ -271,7 +271,8 @@ class Text2Image:
     # ------------------------------------------------------------------------------ saving
     def save_pretrained(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write the diffusers layout (safetensors) atomically: a temporary sibling folder is renamed
-        onto `path` (an existing folder there is replaced only after the new one is complete).
+        onto `path` (an existing folder there is replaced only after the new one is complete; its entries
+        that this pipeline does not write, e.g. clip/ or a training log, are kept).
         `extra` = {subfolder: module with save_pretrained} adds folders of our own (e.g. clip/)."""
         import diffusers
 
@@ -300,6 +301,10 @@ class Text2Image:
                 "vae": ["diffusers", "AutoencoderKL"],
             }
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            if path.is_dir():  # keep what others put in the folder (clip/, oracle/, logs): copied, not moved
+                for entry in path.iterdir():
+                    if not (tmp / entry.name).exists():
+                        (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
             old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
