@@ -194,9 +194,9 @@ def _make_params(cfg: SynthConfig, rng: np.random.Generator) -> dict:
                 "x0": cx - vx * T / 2, "y0": cy - vy * T / 2, "vx": vx, "vy": vy,
                 "ax": -np.sin(ang) * curv, "ay": np.cos(ang) * curv,
                 "wob": 0.0, "wf": 0.0, "wp": 0.0,
-                "radius": float(rng.uniform(0.045, 0.07) * min(w, h)) if kind == "objects" else float(rng.uniform(0.014, 0.02) * min(w, h)),
-                "color": [float(c) for c in (rng.uniform(0.2, 0.9, 3) if kind == "objects" else rng.uniform(0.6, 1.0, 3) * rng.uniform(5.0, 8.0))],
-                "stripes": float(rng.uniform(0.15, 0.4)) if kind == "objects" else 0.0,
+                "radius": float(rng.uniform(0.055, 0.075) * min(w, h)) if kind == "objects" else float(rng.uniform(0.014, 0.02) * min(w, h)),
+                "color": [float(c) for c in (rng.permutation([0.9, rng.uniform(0.3, 0.7), 0.05]) if kind == "objects" else rng.uniform(0.6, 1.0, 3) * rng.uniform(5.0, 8.0))],
+                "stripes": float(rng.uniform(0.5, 0.8)) if kind == "objects" else 0.0,
             }
             prm["objects"].append({k: (float(v) if isinstance(v, (np.floating, float, int)) else v) for k, v in obj.items()})
     elif kind == "water":
@@ -207,7 +207,7 @@ def _make_params(cfg: SynthConfig, rng: np.random.Generator) -> dict:
         prm["objects"].append({
             "x0": m + w / 2, "y0": m + h * 0.5, "vx": prm["pan_speed"], "vy": 0.0, "ax": 0.0, "ay": 0.0,
             "wob": float(0.02 * min(w, h)), "wf": 1.3, "wp": float(rng.uniform(0, 6.28)),
-            "radius": float(r), "color": [float(c) for c in rng.uniform(0.3, 0.9, 3)], "stripes": 0.3,
+            "radius": float(r), "color": [float(c) for c in rng.uniform(0.3, 0.9, 3)], "stripes": 0.3, "pattern": "checker",
         })
     return prm
 
@@ -229,11 +229,15 @@ def _draw_objects(img: np.ndarray, cover: np.ndarray, prm: dict, cam: np.ndarray
         d = np.sqrt(dx * dx + dy * dy)
         alpha = np.clip(r - d + 0.5, 0.0, 1.0)[..., None]
         col = np.array(obj["color"], np.float32)
-        if obj["stripes"] > 0:  # texture that rotates with the camera: trackable by KLT
-            u = dx * np.cos(rot) + dy * np.sin(rot)
-            v = -dx * np.sin(rot) + dy * np.cos(rot)
+        u = dx * np.cos(rot) + dy * np.sin(rot)  # object-local coordinates (rotate with the camera)
+        v = -dx * np.sin(rot) + dy * np.cos(rot)
+        if obj.get("pattern") == "checker":  # trackable corners (panning subject)
             pat = 0.5 + 0.5 * np.sign(np.sin(u / (obj["stripes"] * r) * np.pi) * np.sin(v / (obj["stripes"] * r) * np.pi))
             col = col[None, None] * (0.45 + 0.55 * pat[..., None])
+        elif obj["stripes"] > 0:  # shaded ball with two spots: no periodic texture (flow is unambiguous)
+            shade = 1.0 - 0.55 * np.clip(((u + 0.3 * r) ** 2 + (v + 0.3 * r) ** 2) / (1.4 * r) ** 2, 0, 1)
+            spot = np.exp(-((u - 0.35 * r) ** 2 + (v - 0.2 * r) ** 2) / (0.18 * r) ** 2) - 0.8 * np.exp(-((u + 0.3 * r) ** 2 + (v - 0.45 * r) ** 2) / (0.15 * r) ** 2)
+            col = np.clip(col[None, None] * shade[..., None] + 0.5 * spot[..., None], 0, None)
         img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - alpha) + alpha * col
         cover[y0:y1, x0:x1] = np.maximum(cover[y0:y1, x0:x1], alpha[..., 0])
 

@@ -1,0 +1,232 @@
+"""Subject, tracking, alignment and frame selection (Tabellion et al. 2023, sections on subject
+detection, alignment and frame selection).
+
+All positions are in pixels of the (low-resolution) analysis images; homographies map frame i -> the
+base frame (frame 0). Track lengths are in percent of the image diagonal, in the base frame's space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from lumenkit.common.errors import LumenkitError
+
+FOREGROUND_SELECTION = (98.0, 30.0)  # (percentile, target % of diagonal): seed, foreground blur
+BACKGROUND_SELECTION = (80.0, 2.8)  # seed, background blur
+
+
+def to_gray8(frame: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """[H, W, 3] float sRGB in [0, 1] -> uint8 [H, W] grey, stretched so its 99th percentile is 1
+    (dark, under-exposed bursts still give trackable contrast)."""
+    g = frame[..., :3].mean(-1) if frame.ndim == 3 else frame
+    if normalize:
+        g = g / max(float(np.percentile(g, 99)), 0.05)
+    return (np.clip(g, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------- subject
+def detect_faces(gray: np.ndarray, min_size_frac: float = 0.06) -> list[tuple[int, int, int, int]]:
+    """Frontal faces (x, y, w, h) with OpenCV's shipped Haar cascade (cv2.data.haarcascades)."""
+    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise LumenkitError(f"{path}: OpenCV's Haar cascade could not be loaded")
+    m = max(12, int(min_size_frac * min(gray.shape)))
+    faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(m, m))
+    return [tuple(int(v) for v in f) for f in (faces if len(faces) else [])]
+
+
+def saliency_map(gray: np.ndarray) -> np.ndarray:
+    """Spectral-residual saliency (Hou & Zhang 2007, OpenCV contrib) in [0, 1], [H, W] float32."""
+    sal = cv2.saliency.StaticSaliencySpectralResidual_create()
+    ok, s = sal.computeSaliency(gray)
+    if not ok:
+        return np.full(gray.shape, 0.5, np.float32)
+    s = cv2.GaussianBlur(s.astype(np.float32), (0, 0), max(1.0, 0.02 * min(gray.shape)))
+    return (s - s.min()) / max(float(s.max() - s.min()), 1e-6)
+
+
+def subject_mask(gray0: np.ndarray, tracks: np.ndarray) -> np.ndarray:
+    """Subject mask [H, W] float in [0, 1] from motion and saliency.
+
+    Motion: tracks (from track_klt) that are outliers of the dominant (background) homography between
+    the base frame and the last frame where they live are the motion-distinct subject; their base
+    positions are splatted, blurred, weighted by saliency and the largest blob is kept. Without enough
+    motion-distinct tracks, a centred saliency blob is used.
+    """
+    h, w = gray0.shape
+    diag = float(np.hypot(h, w))
+    sal = saliency_map(gray0)
+    pts = _subject_points(tracks)
+    heat = np.zeros((h, w), np.float32)
+    if pts is not None and len(pts) >= 6:
+        for x, y in pts:
+            cv2.circle(heat, (int(x), int(y)), max(2, int(0.03 * diag)), 1.0, -1)
+        heat = cv2.GaussianBlur(heat, (0, 0), 0.02 * diag)
+        heat = heat / max(float(heat.max()), 1e-6) * (0.5 + 0.5 * sal)
+    else:
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        centre = np.exp(-(((xx - w / 2) / (0.3 * w)) ** 2 + ((yy - h / 2) / (0.3 * h)) ** 2))
+        heat = sal * centre
+    binm = (heat > 0.35 * float(heat.max())).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(binm)
+    if n > 1:
+        big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        binm = (lab == big).astype(np.uint8)
+    cnts, _ = cv2.findContours(binm, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.zeros((h, w), np.uint8)
+    if cnts:
+        cv2.fillPoly(out, [cv2.convexHull(np.concatenate(cnts))], 1)
+    return out.astype(np.float32)
+
+
+def _subject_points(tracks: np.ndarray) -> np.ndarray | None:
+    """Base-frame positions of the tracks that move differently from the dominant motion."""
+    alive = ~np.isnan(tracks[..., 0])
+    last = np.where(alive, np.arange(tracks.shape[1])[None], -1).max(1)
+    ok = last > 0
+    if ok.sum() < 12:
+        return None
+    p0 = tracks[ok, 0]
+    p1 = tracks[ok][np.arange(int(ok.sum())), last[ok]]
+    H, inl = cv2.findHomography(p1.astype(np.float32), p0.astype(np.float32), cv2.RANSAC, 2.0)
+    if H is None:
+        return None
+    out = p0[inl.ravel() == 0]
+    return out
+
+
+# ---------------------------------------------------------------------------------------- tracking
+def track_klt(grays: list[np.ndarray], max_corners: int = 1000, fb_thresh: float = 1.0, quality: float = 0.005) -> np.ndarray:
+    """KLT tracks (goodFeaturesToTrack + calcOpticalFlowPyrLK) chained frame to frame.
+
+    Each step is forward-backward checked (|p - back(forward(p))| < fb_thresh px); a track that fails
+    is lost from then on. Returns float32 [n_tracks, n_frames, 2] (x, y), NaN where lost.
+    """
+    h, w = grays[0].shape
+    min_dist = max(3, int(0.012 * np.hypot(h, w)))
+    p0 = cv2.goodFeaturesToTrack(grays[0], maxCorners=max_corners, qualityLevel=quality, minDistance=min_dist, blockSize=5)
+    if p0 is None or len(p0) < 8:
+        raise LumenkitError("burst: too few trackable features in the base frame (a flat or black image?)")
+    n, f = len(p0), len(grays)
+    tracks = np.full((n, f, 2), np.nan, np.float32)
+    tracks[:, 0] = p0.reshape(-1, 2)
+    alive = np.ones(n, bool)
+    lk = dict(winSize=(21, 21), maxLevel=4, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    for i in range(1, f):
+        idx = np.flatnonzero(alive)
+        if len(idx) == 0:
+            break
+        prev = tracks[idx, i - 1].reshape(-1, 1, 2)
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(grays[i - 1], grays[i], prev, None, **lk)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(grays[i], grays[i - 1], nxt, None, **lk)
+        fb = np.linalg.norm((back - prev).reshape(-1, 2), axis=1)
+        inside = (nxt[:, 0, 0] >= 0) & (nxt[:, 0, 0] < w) & (nxt[:, 0, 1] >= 0) & (nxt[:, 0, 1] < h)
+        good = (st.ravel() == 1) & (st2.ravel() == 1) & (fb < fb_thresh) & inside
+        tracks[idx[good], i] = nxt.reshape(-1, 2)[good]
+        alive[idx[~good]] = False
+    return tracks
+
+
+def track_direct(grays: list[np.ndarray], pts: np.ndarray, fb_thresh: float = 1.0) -> np.ndarray:
+    """Track base-frame points pts [n, 2] directly into every frame (pyramidal LK, forward-backward
+    checked). Returns [n, F, 2], NaN where the check fails. Used for the alignment homographies."""
+    n, f = len(pts), len(grays)
+    out = np.full((n, f, 2), np.nan, np.float32)
+    out[:, 0] = pts
+    lk = dict(winSize=(21, 21), maxLevel=5, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    p0 = pts.reshape(-1, 1, 2).astype(np.float32)
+    for i in range(1, f):
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(grays[0], grays[i], p0, None, **lk)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(grays[i], grays[0], nxt, None, **lk)
+        good = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm((back - p0).reshape(-1, 2), axis=1) < fb_thresh)
+        out[good, i] = nxt.reshape(-1, 2)[good]
+    return out
+
+
+def fit_homographies(tracks: np.ndarray, use: np.ndarray | None = None, thresh: float = 1.5) -> list[np.ndarray]:
+    """RANSAC homography frame i -> base frame for every frame, from the tracks selected by `use`.
+
+    Raises LumenkitError when a frame has fewer than 8 usable tracks (cannot align).
+    """
+    sel = np.ones(len(tracks), bool) if use is None else use
+    hs = [np.eye(3)]
+    for i in range(1, tracks.shape[1]):
+        ok = sel & ~np.isnan(tracks[:, i, 0])
+        if ok.sum() < 8:
+            raise LumenkitError(f"burst frame {i}: only {int(ok.sum())} tracked features to align on (need 8); frames too different?")
+        H, _ = cv2.findHomography(tracks[ok, i], tracks[ok, 0], cv2.RANSAC, thresh, maxIters=2000, confidence=0.999)
+        if H is None:
+            raise LumenkitError(f"burst frame {i}: RANSAC homography failed")
+        hs.append(H)
+    return hs
+
+
+def transform_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 homography to [..., 2] points (NaN in, NaN out)."""
+    p = np.concatenate([pts, np.ones(pts.shape[:-1] + (1,), pts.dtype)], -1) @ H.T
+    return p[..., :2] / p[..., 2:3]
+
+
+# ---------------------------------------------------------------------------------------- selection
+def aligned_track_lengths(tracks: np.ndarray, homographies: list[np.ndarray], image_size: tuple[int, int]) -> np.ndarray:
+    """Cumulative length of every track after transforming it into the base frame's space.
+
+    tracks [n, F, 2]; image_size (h, w). Returns [n, F] percent of the image diagonal: entry j is the
+    length of the track's aligned polyline from frame 0 to frame j (lost tracks stop growing).
+    """
+    aligned = np.stack([transform_points(H, tracks[:, i]) for i, H in enumerate(homographies)], 1)
+    seg = np.linalg.norm(np.diff(aligned, axis=1), axis=-1)
+    seg = np.nan_to_num(seg, nan=0.0)
+    lengths = np.concatenate([np.zeros((len(tracks), 1)), np.cumsum(seg, axis=1)], 1)
+    return 100.0 * lengths / float(np.hypot(*image_size))
+
+
+def select_frames(lengths: np.ndarray, percentile: float, target: float) -> int:
+    """Number of frames to use (seed's frame selection): add frames 0, 1, 2, ... and stop at the first
+    frame j where the `percentile`-th percentile of the track lengths [n, F] (percent of diagonal)
+    reaches `target`; returns j + 1, or F if never reached (at least 2)."""
+    if lengths.size == 0:
+        return lengths.shape[1] if lengths.ndim == 2 else 2
+    pct = np.percentile(lengths, percentile, axis=0)
+    hit = np.flatnonzero(pct >= target)
+    return int(max(2, hit[0] + 1)) if len(hit) else int(lengths.shape[1])
+
+
+@dataclass
+class Alignment:
+    """Result of align_burst. homographies map frame i -> base (analysis resolution)."""
+
+    homographies: list[np.ndarray]
+    tracks: np.ndarray  # [n, F, 2]
+    lengths: np.ndarray  # [n, F] percent of diagonal
+    n_used: int
+    subject: np.ndarray  # [H, W] float mask (analysis res)
+    faces: list[tuple[int, int, int, int]]
+
+
+def align_burst(grays: list[np.ndarray], mode: str = "foreground", select: bool = True) -> Alignment:
+    """Track, align (background for foreground blur, subject for background blur) and select frames."""
+    if mode not in ("foreground", "background"):
+        raise LumenkitError(f"--mode {mode!r}: expected foreground or background")
+    grays = [cv2.GaussianBlur(g, (0, 0), 0.8) for g in grays]  # tame sensor noise before KLT
+    tracks = track_klt(grays)
+    faces = detect_faces(grays[0])
+    subj = subject_mask(grays[0], tracks)
+    for x, y, fw, fh in faces:
+        subj[y : y + fh, x : x + fw] = 1.0
+    use = None
+    if mode == "background":
+        p0 = tracks[:, 0]
+        xi = np.clip(p0[:, 0].astype(int), 0, subj.shape[1] - 1)
+        yi = np.clip(p0[:, 1].astype(int), 0, subj.shape[0] - 1)
+        use = subj[yi, xi] > 0.5
+        if use.sum() < 8:
+            raise LumenkitError("--mode background: could not find a subject to track (fewer than 8 features on it)")
+    hs = fit_homographies(track_direct(grays, tracks[:, 0]), use)
+    lengths = aligned_track_lengths(tracks, hs, grays[0].shape)
+    pct, target = FOREGROUND_SELECTION if mode == "foreground" else BACKGROUND_SELECTION
+    n_used = select_frames(lengths, pct, target) if select else len(grays)
+    return Alignment(hs, tracks, lengths, n_used, subj, faces)

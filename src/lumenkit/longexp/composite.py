@@ -1,0 +1,70 @@
+"""Compositing (seed, section Compositing): blend the upsampled blur with the sharpest regular exposure
+where content should stay sharp (static scene content: M_flow; faces with little motion).
+
+Masks are float32 [H, W] in [0, 1]: 1 = take the blur, 0 = take the sharp image.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+ALPHA, BETA = 0.16, 0.32  # seed: M_flow thresholds as fractions of |F|_ref
+REF_PERCENTILE = 99.0  # seed: |F|_ref is the 99th percentile of |F|
+
+
+def m_flow(mag: np.ndarray, a: float = ALPHA, b: float = BETA, ref_percentile: float = REF_PERCENTILE) -> np.ndarray:
+    """M_flow = clip((|F| - a |F|_ref) / (b |F|_ref - a |F|_ref), 0, 1), |F|_ref = percentile of |F|.
+
+    mag: [H, W] max motion magnitude over all frame pairs. A motionless burst gives all zeros."""
+    ref = float(np.percentile(mag, ref_percentile))
+    if ref <= 1e-6:
+        return np.zeros_like(mag, dtype=np.float32)
+    return np.clip((mag - a * ref) / ((b - a) * ref), 0.0, 1.0).astype(np.float32)
+
+
+def refine_mask(mask: np.ndarray, guide: np.ndarray, sigma_color: float = 0.1, sigma_space: float | None = None) -> np.ndarray:
+    """Joint bilateral blur of the mask guided by the sharp image (cv2.ximgproc.jointBilateralFilter),
+    so mask edges follow real image edges. guide: [H, W, 3] sRGB float in [0, 1]."""
+    h, w = mask.shape
+    s = sigma_space or max(2.0, 0.01 * float(np.hypot(h, w)))
+    d = int(2 * round(1.5 * s) + 1)
+    g = np.ascontiguousarray(guide.astype(np.float32))
+    out = cv2.ximgproc.jointBilateralFilter(g, np.ascontiguousarray(mask.astype(np.float32)), d, sigma_color, s)
+    return np.clip(out, 0.0, 1.0)
+
+
+def face_protection(mask: np.ndarray, faces: list[tuple[int, int, int, int]], mag: np.ndarray, still_thresh: float) -> np.ndarray:
+    """Set the mask to 0 (keep sharp) inside faces whose mean motion is below still_thresh; soft ellipse."""
+    out = mask.copy()
+    for x, y, fw, fh in faces:
+        if float(mag[y : y + fh, x : x + fw].mean()) >= still_thresh:
+            continue
+        face = np.zeros_like(mask, dtype=np.float32)
+        cv2.ellipse(face, (x + fw // 2, y + fh // 2), (int(0.6 * fw), int(0.75 * fh)), 0, 0, 360, 1.0, -1)
+        face = cv2.GaussianBlur(face, (0, 0), max(1.0, 0.1 * fw))
+        out = out * (1 - face)
+    return out
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the Laplacian (higher = sharper)."""
+    return float(cv2.Laplacian(gray.astype(np.float32), cv2.CV_32F).var())
+
+
+def robust_merge(ref: np.ndarray, others: list[np.ndarray], noise_sigma: float) -> np.ndarray:
+    """Denoise the sharp reference with aligned frames where they agree with it (per-pixel weights
+    exp(-d^2 / (2 (3 sigma)^2)) on a 5x5 box-filtered difference): a simple regular-exposure merge."""
+    num = ref.astype(np.float32).copy()
+    den = np.ones(ref.shape[:2] + (1,), np.float32)
+    for o in others:
+        d = cv2.blur(np.abs(o - ref).mean(-1), (5, 5))[..., None]
+        wgt = np.exp(-(d**2) / (2 * (3 * noise_sigma) ** 2 + 1e-12)).astype(np.float32)
+        num += wgt * o
+        den += wgt
+    return num / den
+
+
+def blend(blur: np.ndarray, sharp: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """mask * blur + (1 - mask) * sharp; [H, W, 3] with mask [H, W]."""
+    m = mask[..., None]
+    return m * blur + (1 - m) * sharp

@@ -1,0 +1,212 @@
+"""The long-exposure run: align -> select frames -> predict motion -> render blur -> composite.
+
+`prepare` does everything that does not depend on the rendering switches (so the evaluation renders
+every ablation from one alignment and one set of flows); `finish` renders and composites.
+All processing is in linear light; frames come in sRGB-encoded [H, W, 3] float in [0, 1].
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from lumenkit.common.errors import LumenkitError
+from lumenkit.common.images import linear_to_srgb, srgb_to_linear, write_image
+from lumenkit.longexp import composite as comp
+from lumenkit.longexp.align import Alignment, align_burst, to_gray8
+from lumenkit.longexp.motion import MotionPredictor, OpticalFlowPredictor, PairMotion, flow_to_color, predict_all
+from lumenkit.longexp.render import RenderConfig, render_blur
+
+
+@dataclass
+class LongExpConfig:
+    """One run. Defaults follow the paper (half-resolution blur, a = 0.16, b = 0.32, k = 3)."""
+
+    mode: str = "foreground"  # foreground blur (tripod look) or background blur (panning)
+    select_frames: bool = True  # seed frame selection (98th pct -> 30 % / 80th pct -> 2.8 % of diagonal)
+    analysis_long_side: int = 640  # KLT / alignment resolution (long side, pixels)
+    flow_long_side: int = 480  # motion prediction resolution (low resolution)
+    render_scale: float = 0.5  # blur rendering at half resolution
+    render: RenderConfig = field(default_factory=RenderConfig)
+    composite: bool = True
+    a: float = comp.ALPHA
+    b: float = comp.BETA
+    ref_percentile: float = comp.REF_PERCENTILE
+    merge_sharp: bool = True  # denoise the sharp frame with agreeing aligned frames
+    gain: float = 1.0  # exposure gain applied to the linear result (burst under-exposure)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("foreground", "background"):
+            raise LumenkitError(f"--mode {self.mode!r}: expected foreground or background")
+        if not 0 < self.render_scale <= 1:
+            raise LumenkitError("render_scale must be in (0, 1]")
+
+
+@dataclass
+class Prepared:
+    frames: list[np.ndarray]  # sRGB [H, W, 3] used frames (full resolution, unaligned)
+    homographies: list[np.ndarray]  # full-resolution frame i -> base
+    alignment: Alignment
+    render_frames: list[torch.Tensor]  # aligned linear [3, h, w] at render resolution
+    motions: list[PairMotion]  # at render resolution
+    sharp_index: int
+    sharp: np.ndarray  # aligned linear [H, W, 3] regular exposure (full resolution)
+    analysis_scale: float
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    image: np.ndarray  # linear [H, W, 3] (after gain), not clipped
+    frames_used: int
+    sharp_index: int
+    intermediates: dict = field(default_factory=dict)  # name -> [h, w, C] float image (sRGB for display)
+    timings: dict = field(default_factory=dict)
+
+
+def _scale_h(H: np.ndarray, s: float) -> np.ndarray:
+    S = np.diag([s, s, 1.0])
+    return S @ H @ np.linalg.inv(S)
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if img.shape[:2] == (h, w):
+        return img
+    interp = cv2.INTER_AREA if h < img.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def _size(h: int, w: int, s: float) -> tuple[int, int]:
+    return max(8, int(round(h * s))), max(8, int(round(w * s)))
+
+
+def warp(img: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Warp into the base frame's space (H maps this frame -> base), border replicated."""
+    h, w = img.shape[:2]
+    return cv2.warpPerspective(img, H, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredictor | None = None, device: torch.device | str = "cpu") -> Prepared:
+    """Alignment, frame selection, aligned render-resolution frames, motion and the sharp exposure."""
+    t0 = time.perf_counter()
+    tm: dict = {}
+    H, W = frames[0].shape[:2]
+    s_an = min(1.0, cfg.analysis_long_side / max(H, W))
+    an_size = _size(H, W, s_an)
+    grays = [to_gray8(_resize(f, an_size)) for f in frames]
+    al = align_burst(grays, cfg.mode, select=cfg.select_frames)
+    n = al.n_used
+    frames = frames[:n]
+    hs_full = [_scale_h(Hh, 1.0 / s_an) for Hh in al.homographies[:n]]
+    tm["align_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    r_size = _size(H, W, cfg.render_scale)
+    s_r = r_size[1] / W
+    render_frames = []
+    for f, Hf in zip(frames, hs_full):
+        small = _resize(f, r_size)
+        lin = srgb_to_linear(warp(small, _scale_h(Hf, s_r)))
+        render_frames.append(torch.from_numpy(np.ascontiguousarray(lin.transpose(2, 0, 1))).to(device))
+    s_fl = min(1.0, cfg.flow_long_side / max(H, W))
+    fl_size = _size(H, W, s_fl)
+    flow_frames = [torch.nn.functional.interpolate(f[None], size=fl_size, mode="area")[0] if fl_size != r_size else f for f in render_frames]
+    predictor = predictor or OpticalFlowPredictor()
+    motions = [m.resized(r_size) for m in predict_all(flow_frames, predictor)]
+    tm["motion_s"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    an_aligned = [warp(g, _scale_h(Hf, s_an)) for g, Hf in zip(grays[:n], hs_full)]
+    sharp_index = int(np.argmax([comp.sharpness(g) for g in an_aligned]))
+    sharp = srgb_to_linear(warp(frames[sharp_index], hs_full[sharp_index]))
+    if cfg.merge_sharp and n > 1:
+        noise = _noise_sigma(sharp)
+        others = (srgb_to_linear(warp(frames[i], hs_full[i])) for i in range(n) if i != sharp_index)
+        sharp = comp.robust_merge(sharp, list(others), noise)
+    tm["sharp_s"] = time.perf_counter() - t2
+    return Prepared(frames, hs_full, al, render_frames, motions, sharp_index, sharp.astype(np.float32), s_an, tm)
+
+
+def _noise_sigma(img: np.ndarray) -> float:
+    """Robust noise estimate (median absolute Laplacian-like residual), linear units."""
+    g = img.mean(-1)
+    res = g - cv2.blur(g, (3, 3))
+    return max(float(np.median(np.abs(res))) * 1.4826 * 1.5, 1e-4)
+
+
+def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> Result:
+    """Render the blur (cfg.render) and composite it with the sharp exposure at full resolution."""
+    t0 = time.perf_counter()
+    H, W = prep.sharp.shape[:2]
+    blur_r = render_blur(prep.render_frames, prep.motions, cfg.render)
+    blur_r = blur_r.permute(1, 2, 0).cpu().numpy() * cfg.gain
+    blur = _resize(blur_r, (H, W))
+    tm = dict(prep.timings, render_s=time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    inter: dict = {}
+    if cfg.composite:
+        mag = torch.stack([m.magnitude for m in prep.motions]).amax(0).cpu().numpy()
+        mraw = comp.m_flow(mag, cfg.a, cfg.b, cfg.ref_percentile)
+        rh, rw = mraw.shape
+        guide = np.clip(linear_to_srgb(_resize(prep.sharp * cfg.gain, (rh, rw))), 0, 1)
+        mref = comp.refine_mask(mraw, guide)
+        s = rw / (W * prep.analysis_scale)
+        faces = [tuple(int(v * s) for v in f) for f in prep.alignment.faces]
+        ref = float(np.percentile(mag, cfg.ref_percentile))
+        mref = comp.face_protection(mref, faces, mag, cfg.a * max(ref, 1e-6))
+        mask = _resize(mref, (H, W))
+        out = comp.blend(blur, prep.sharp * cfg.gain, mask)
+        if intermediates:
+            inter.update(m_flow=mraw, mask_refined=mref, subject=prep.alignment.subject)
+    else:
+        out = blur
+    tm["composite_s"] = time.perf_counter() - t1
+    if intermediates:
+        inter["blur_halfres"] = np.clip(linear_to_srgb(blur_r), 0, 1)
+        inter["sharp"] = np.clip(linear_to_srgb(prep.sharp * cfg.gain), 0, 1)
+        for k, m in enumerate(prep.motions):
+            inter[f"flow_{k:02d}"] = flow_to_color(m.delta_a)
+    return Result(out, len(prep.render_frames), prep.sharp_index, inter, tm)
+
+
+def run_longexp(frames: list[np.ndarray], cfg: LongExpConfig | None = None, predictor: MotionPredictor | None = None, intermediates: bool = False, device="cpu") -> Result:
+    """The whole pipeline on sRGB frames [H, W, 3]. Returns a linear full-resolution Result."""
+    cfg = cfg or LongExpConfig()
+    return finish(prepare(frames, cfg, predictor, device), cfg, intermediates)
+
+
+def naive_average(frames: list[np.ndarray], gain: float = 1.0) -> np.ndarray:
+    """Baseline: mean of the unaligned burst in linear light. [H, W, 3]"""
+    return np.mean([srgb_to_linear(f) for f in frames], axis=0) * gain
+
+
+def aligned_average(prep: Prepared, gain: float = 1.0) -> np.ndarray:
+    """Baseline: mean of the aligned frames in linear light at full resolution. [H, W, 3]"""
+    acc = np.zeros_like(prep.sharp)
+    for f, Hf in zip(prep.frames, prep.homographies):
+        acc += srgb_to_linear(warp(f, Hf))
+    return acc / len(prep.frames) * gain
+
+
+def save_result(res: Result, out: str | Path, bit_depth: int = 8) -> Path:
+    """Write the sRGB result (8 or 16 bit) and, if present, the intermediates beside it."""
+    out = Path(out)
+    if bit_depth not in (8, 16):
+        raise LumenkitError(f"--bit-depth {bit_depth}: expected 8 or 16")
+    meta = {"lumenkit": "longexp", "frames_used": str(res.frames_used), "sharp_frame": str(res.sharp_index)}
+    write_image(out, np.clip(linear_to_srgb(np.clip(res.image, 0, 1)), 0, 1), bit_depth=bit_depth, metadata=meta)
+    if res.intermediates:
+        idir = out.with_name(out.stem + "_intermediates")
+        for name, img in res.intermediates.items():
+            write_image(idir / f"{name}.png", np.clip(img, 0, 1), bit_depth=8)
+    return out
+
+
+def with_render(cfg: LongExpConfig, **kw) -> LongExpConfig:
+    """A copy of cfg with some RenderConfig fields replaced."""
+    return replace(cfg, render=replace(cfg.render, **kw))
