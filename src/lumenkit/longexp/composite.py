@@ -51,14 +51,16 @@ def sharpness(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray.astype(np.float32), cv2.CV_32F).var())
 
 
-def robust_merge(ref: np.ndarray, others: list[np.ndarray], noise_sigma: float) -> np.ndarray:
-    """Denoise the sharp reference with aligned frames where they agree with it (per-pixel weights
-    exp(-d^2 / (2 (3 sigma)^2)) on a 5x5 box-filtered difference): a simple regular-exposure merge."""
+def robust_merge(ref: np.ndarray, others: list[np.ndarray], tol: float = 3.0) -> np.ndarray:
+    """Denoise the sharp reference with aligned frames where they agree with it: per-pixel weights
+    exp(-(d / (tol * median d))^2) with d the 5x5 box-filtered |frame - ref| (the median over the image
+    is the noise level of static content). A simple regular-exposure merge; [H, W, 3] linear."""
     num = ref.astype(np.float32).copy()
     den = np.ones(ref.shape[:2] + (1,), np.float32)
     for o in others:
-        d = cv2.blur(np.abs(o - ref).mean(-1), (5, 5))[..., None]
-        wgt = np.exp(-(d**2) / (2 * (3 * noise_sigma) ** 2 + 1e-12)).astype(np.float32)
+        d = cv2.blur(np.abs(o - ref).mean(-1), (5, 5))
+        scale = max(float(np.median(d)), 1e-5)
+        wgt = np.exp(-((d / (tol * scale)) ** 2)).astype(np.float32)[..., None]
         num += wgt * o
         den += wgt
     return num / den

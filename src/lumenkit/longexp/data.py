@@ -194,8 +194,8 @@ def _make_params(cfg: SynthConfig, rng: np.random.Generator) -> dict:
                 "x0": cx - vx * T / 2, "y0": cy - vy * T / 2, "vx": vx, "vy": vy,
                 "ax": -np.sin(ang) * curv, "ay": np.cos(ang) * curv,
                 "wob": 0.0, "wf": 0.0, "wp": 0.0,
-                "radius": float(rng.uniform(0.055, 0.075) * min(w, h)) if kind == "objects" else float(rng.uniform(0.014, 0.02) * min(w, h)),
-                "color": [float(c) for c in (rng.permutation([0.9, rng.uniform(0.3, 0.7), 0.05]) if kind == "objects" else rng.uniform(0.6, 1.0, 3) * rng.uniform(5.0, 8.0))],
+                "radius": float(rng.uniform(0.045, 0.06) * min(w, h)) if kind == "objects" else float(rng.uniform(0.014, 0.02) * min(w, h)),
+                "color": [float(c) for c in (rng.permutation([1.0, rng.uniform(0.5, 0.9), 0.1]) if kind == "objects" else rng.uniform(0.6, 1.0, 3) * rng.uniform(5.0, 8.0))],
                 "stripes": float(rng.uniform(0.5, 0.8)) if kind == "objects" else 0.0,
             }
             prm["objects"].append({k: (float(v) if isinstance(v, (np.floating, float, int)) else v) for k, v in obj.items()})
@@ -275,6 +275,8 @@ def synthesize(cfg: SynthConfig) -> SynthBurst:
     world = _texture(rng, hh, ww, n_rects=max(8, (ww * hh) // 2500))
     if cfg.kind == "lights":
         world = world * 0.12
+    elif cfg.kind == "objects":  # muted street-like background, bright moving objects
+        world = 0.05 + world * 0.4
     water_tex = None
     if cfg.kind == "water":
         water_tex = np.clip(_texture(rng, hh, ww, 0) * np.array([0.5, 0.8, 1.1], np.float32), 0, 1)

@@ -125,9 +125,8 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
     sharp_index = int(np.argmax([comp.sharpness(g) for g in an_aligned]))
     sharp = srgb_to_linear(warp(frames[sharp_index], hs_full[sharp_index]))
     if cfg.merge_sharp and n > 1:
-        noise = _noise_sigma(sharp)
-        others = (srgb_to_linear(warp(frames[i], hs_full[i])) for i in range(n) if i != sharp_index)
-        sharp = comp.robust_merge(sharp, list(others), noise)
+        others = [srgb_to_linear(warp(frames[i], hs_full[i])) for i in range(n) if i != sharp_index]
+        sharp = comp.robust_merge(sharp, others)
     tm["sharp_s"] = time.perf_counter() - t2
     return Prepared(frames, hs_full, al, render_frames, motions, sharp_index, sharp.astype(np.float32), s_an, tm)
 
