@@ -99,11 +99,13 @@ def test_gradcheck_float64(ext, backend):
     scene["opacities"] = torch.tensor([0.5, 0.6, 0.7, 0.4], dtype=torch.float64)
     cam = front_camera(12, 10, dtype=torch.float64)
     keys = ["means", "quats", "scales", "opacities", "colors", "normals"]
+    proj = torch.randn(4, 7 * 10 * 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def f(means, quats, scales, opacities, colors, normals):
         out = rasterize(means, quats, scales, opacities, cam, colors=colors, normals=normals,
                         bg=torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), backend=backend)
-        return out["render"], out["depth_map"], out["normal_map"]
+        maps = torch.cat([out["render"], out["depth_map"], out["normal_map"]]).flatten()
+        return proj @ maps  # 4 random projections of every pixel of every map (4 backward passes)
 
     inputs = tuple(scene[k].clone().requires_grad_() for k in keys)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
