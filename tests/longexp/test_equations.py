@@ -1,0 +1,142 @@
+"""Each equation of the long-exposure renderer against a hand-checkable case."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lumenkit.longexp.composite import m_flow
+from lumenkit.longexp.motion import PairMotion, sweep_lines
+from lumenkit.longexp.render import (
+    RenderConfig,
+    accumulate_pass,
+    extrapolate_endpoint,
+    hermite,
+    instantaneous_flow,
+    render_blur,
+    soft_gamma,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def stripes(h, w, period, shift=0.0):
+    """[3, h, w] vertical sine stripes I(x) = 0.5 + 0.4 sin(2 pi (x - shift) / period)."""
+    x = torch.arange(w, dtype=torch.float32) - shift
+    row = 0.5 + 0.4 * torch.sin(2 * math.pi * x / period)
+    return row.expand(3, h, w).clone()
+
+
+def box_analytic(w, period, v):
+    """Mean of I over [x - v, x] in closed form, [w]."""
+    x = torch.arange(w, dtype=torch.float64)
+    k = 2 * math.pi / period
+    return 0.5 + 0.4 * (torch.cos(k * (x - v)) - torch.cos(k * x)) / (k * v)
+
+
+@pytest.mark.parametrize("spline", [False, True])
+@pytest.mark.parametrize("ramp", [True, False])
+def test_eq6_constant_velocity_stripe_is_box_blur(spline, ramp):
+    h, w, period, v = 8, 160, 40.0, 10.0
+    f0 = stripes(h, w, period)
+    f1 = stripes(h, w, period, shift=v)  # content moved by +v px
+    da = torch.zeros(2, h, w)
+    da[0] = -v  # frame k gathered backwards along the motion
+    db = torch.zeros(2, h, w)
+    db[0] = v  # frame k+1 gathered forwards
+    half = torch.full((1, h, w), 0.5)
+    cfg = RenderConfig(spline=spline, ramp=ramp, soft_gamma=False, step=0.25, n_max=129)
+    out = render_blur([f0, f1], [PairMotion(da, db, half, half.clone())], cfg)
+    ref = box_analytic(w, period, v)
+    sl = slice(20, w - 20)
+    err = (out[0, 4, sl].double() - ref[sl]).abs().max()
+    assert err < 5e-3, err
+    # and it is really blurred: far from the sharp frame
+    assert (out[0, 4, sl] - f0[0, 4, sl]).abs().max() > 0.1
+
+
+def test_ramp_pass_weights_favour_near_samples():
+    # a pass along a line over a step edge: the ramp weights samples near the pixel more
+    h, w = 4, 64
+    img = torch.zeros(1, h, w)
+    img[..., :32] = 1.0  # left half bright
+    d = torch.zeros(2, h, w)
+    d[0] = -16.0
+    flat = accumulate_pass(img, d, ramp=False, step=0.25, n_max=129)
+    ramp = accumulate_pass(img, d, ramp=True, step=0.25, n_max=129)
+    # at x = 40 the path covers [24, 40]; the ramp puts less weight on the far (bright) samples
+    assert abs(float(flat[0, 0, 40]) - 7.5 / 16) < 0.01  # bilinear edge at x = 31.5: 7.5 of 16 px bright
+    assert float(ramp[0, 0, 40]) < float(flat[0, 0, 40]) - 0.1
+
+
+def test_hermite_interpolates_endpoints_and_tangents():
+    g = torch.Generator().manual_seed(0)
+    p0, p1, m0, m1 = (torch.randn(2, 5, generator=g) for _ in range(4))
+    for t, p, m in ((0.0, p0, m0), (1.0, p1, m1)):
+        rho, drho = hermite(p0, p1, m0, m1, torch.tensor(t))
+        assert torch.allclose(rho, p, atol=1e-6) and torch.allclose(drho, m, atol=1e-6)
+    # tangents equal to the chord: a straight line at uniform speed
+    t = torch.linspace(0, 1, 7)[None, :, None]
+    rho, _ = hermite(p0[:, None], p1[:, None], (p1 - p0)[:, None], (p1 - p0)[:, None], t)
+    assert torch.allclose(rho, p0[:, None] + t * (p1 - p0)[:, None], atol=1e-6)
+
+
+def test_instantaneous_flow_eq7():
+    a = torch.tensor([[3.0, 0.0, 2.0, 1.0], [0.0, 2.0, 0.0, 0.0]])
+    b = torch.tensor([[3.0, 2.0, 0.0, -1.0], [0.0, 0.0, 4.0, 1e-3]])
+    d = instantaneous_flow(a, b)
+    assert torch.allclose(d[:, 0], torch.tensor([3.0, 0.0]), atol=1e-5)  # straight: delta = D
+    # perpendicular, equal lengths 2: direction (1, 1)/sqrt2, magnitude 2 * (pi/2) / sin(pi/2)
+    assert torch.allclose(d[:, 1], torch.tensor([1.0, 1.0]) / math.sqrt(2) * math.pi, atol=1e-4)
+    # perpendicular, lengths 2 and 4: harmonic mean 8/3
+    assert abs(float(d[:, 2].norm()) - 8 / 3 * math.pi / 2) < 1e-4
+    # theta > pi/2 gets the fall-off factor 1 - (2 theta / pi - 1)^4
+    th = math.acos(float((a[:, 3] @ b[:, 3]) / (a[:, 3].norm() * b[:, 3].norm())))
+    hm = 2 * float(a[:, 3].norm() * b[:, 3].norm()) / float(a[:, 3].norm() + b[:, 3].norm())
+    expect = hm * th / math.sin(th) * (1 - (2 * th / math.pi - 1) ** 4)
+    assert abs(float(d[:, 3].norm()) - expect) < 1e-3
+
+
+def test_endpoint_extrapolation_reflects_and_clamps():
+    # straight uniform track A, B, C -> D continues it
+    a, b, c = torch.tensor([[0.0], [0.0]]), torch.tensor([[1.0], [0.0]]), torch.tensor([[2.0], [0.0]])
+    assert torch.allclose(extrapolate_endpoint(c, b, a), torch.tensor([[3.0], [0.0]]))
+    # turning track keeps its curvature (D mirrors A about the bisector of BC) and |CD| <= |BC|
+    a, b, c = torch.tensor([[0.0], [0.0]]), torch.tensor([[1.0], [1.0]]), torch.tensor([[2.0], [1.0]])
+    d = extrapolate_endpoint(c, b, a)
+    assert torch.allclose(d, torch.tensor([[3.0], [0.0]]) - (torch.tensor([[3.0], [0.0]]) - c) * (1 - 1 / math.sqrt(2)), atol=1e-5)
+    assert float((d - c).norm()) <= float((c - b).norm()) + 1e-6
+    # two-frame burst: straight continuation
+    assert torch.allclose(extrapolate_endpoint(c, b, None), torch.tensor([[3.0], [1.0]]))
+
+
+def test_soft_gamma_inverts():
+    v = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    assert torch.allclose(soft_gamma(soft_gamma(v, 3.0), 1 / 3.0), v, atol=1e-12)
+    assert torch.allclose(soft_gamma(soft_gamma(v, 1 / 3.0), 3.0), v, atol=1e-12)
+    assert float(soft_gamma(torch.tensor(0.5), 3.0)) == pytest.approx(0.25)  # 0.5 / (0.5 + 0.5 * 3)
+
+
+def test_m_flow_thresholds_at_a_and_b():
+    mag = np.full(1000, 100.0)
+    mag[:500] = np.linspace(0, 99, 500)  # 99th percentile is 100
+    mag[:5] = [15.9, 16.0, 24.0, 32.0, 40.0]
+    m = m_flow(mag)
+    assert m[0] == 0.0 and m[1] == 0.0 and m[2] == pytest.approx(0.5) and m[3] == pytest.approx(1.0) and m[4] == 1.0
+    assert not m_flow(np.zeros((4, 4))).any()
+
+
+def test_sweep_lines_reach_the_content():
+    h, w = 5, 40
+    flow = torch.zeros(2, h, w)
+    flow[0, 2, 10] = 12.0  # one light at x = 10 moving +12 px
+    lines = sweep_lines(flow)
+    for x in range(10, 23):
+        assert torch.allclose(lines[:, 2, x], torch.tensor([-12.0, 0.0])), x
+    assert lines[:, 2, 25].abs().max() == 0 and lines[:, 1, 15].abs().max() == 0
