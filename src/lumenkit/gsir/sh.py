@@ -40,34 +40,36 @@ def eval_sh(degree: int, sh: Tensor, dirs: Tensor) -> Tensor:
     k = num_sh_bases(degree)
     if sh.shape[-2] < k:
         raise ValueError(f"sh has {sh.shape[-2]} coefficients, degree {degree} needs {k}")
-    result = SH_C0 * sh[..., 0, :]
+    # unbind (not slicing): one backward node instead of a zero-filled [..., K, C] tensor per coefficient
+    s = sh[..., :k, :].unbind(-2)
+    result = SH_C0 * s[0]
     if degree == 0:
         return result
-    x, y, z = (dirs[..., i : i + 1] for i in range(3))
-    result = result - SH_C1 * y * sh[..., 1, :] + SH_C1 * z * sh[..., 2, :] - SH_C1 * x * sh[..., 3, :]
+    x, y, z = (c[..., None] for c in dirs.unbind(-1))
+    result = result - SH_C1 * y * s[1] + SH_C1 * z * s[2] - SH_C1 * x * s[3]
     if degree == 1:
         return result
     xx, yy, zz = x * x, y * y, z * z
     xy, yz, xz = x * y, y * z, x * z
     result = (
         result
-        + SH_C2[0] * xy * sh[..., 4, :]
-        + SH_C2[1] * yz * sh[..., 5, :]
-        + SH_C2[2] * (2.0 * zz - xx - yy) * sh[..., 6, :]
-        + SH_C2[3] * xz * sh[..., 7, :]
-        + SH_C2[4] * (xx - yy) * sh[..., 8, :]
+        + SH_C2[0] * xy * s[4]
+        + SH_C2[1] * yz * s[5]
+        + SH_C2[2] * (2.0 * zz - xx - yy) * s[6]
+        + SH_C2[3] * xz * s[7]
+        + SH_C2[4] * (xx - yy) * s[8]
     )
     if degree == 2:
         return result
     return (
         result
-        + SH_C3[0] * y * (3 * xx - yy) * sh[..., 9, :]
-        + SH_C3[1] * xy * z * sh[..., 10, :]
-        + SH_C3[2] * y * (4 * zz - xx - yy) * sh[..., 11, :]
-        + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[..., 12, :]
-        + SH_C3[4] * x * (4 * zz - xx - yy) * sh[..., 13, :]
-        + SH_C3[5] * z * (xx - yy) * sh[..., 14, :]
-        + SH_C3[6] * x * (xx - 3 * yy) * sh[..., 15, :]
+        + SH_C3[0] * y * (3 * xx - yy) * s[9]
+        + SH_C3[1] * xy * z * s[10]
+        + SH_C3[2] * y * (4 * zz - xx - yy) * s[11]
+        + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * s[12]
+        + SH_C3[4] * x * (4 * zz - xx - yy) * s[13]
+        + SH_C3[5] * z * (xx - yy) * s[14]
+        + SH_C3[6] * x * (xx - 3 * yy) * s[15]
     )
 
 
