@@ -212,3 +212,44 @@ def test_sh_view_dependence_degree1():
     c1 = 0.4886025119029199
     expected = torch.tensor([[0.5 - c1, 0.0, 0.5], [0.5 + c1, 0.5 + 2 * c1, 0.5]])
     assert torch.allclose(col, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_fused_cpu_preprocess_matches_torch(ext, degree):
+    """The C++ projection + SH (values and float64 gradients) against `project_gaussians` + `sh_to_color`,
+    with Gaussians outside the field of view (clamped Jacobian), behind the camera and SH clamped at 0."""
+    from lumenkit.gsir.rasterize import preprocess_cpu
+
+    dtype = torch.float64
+    g = torch.Generator().manual_seed(degree)
+    n = 200
+    cam = front_camera(40, 30, dtype=dtype)
+    inputs = {
+        "means": torch.randn(n, 3, generator=g, dtype=dtype) * torch.tensor([2.5, 2.0, 1.5], dtype=dtype),
+        "quats": torch.randn(n, 4, generator=g, dtype=dtype),
+        "scales": torch.rand(n, 3, generator=g, dtype=dtype) * 0.3 + 0.01,
+        "sh": torch.randn(n, 16, 3, generator=g, dtype=dtype) * 0.5,
+    }
+    outs = {}
+    for impl in ("torch", "cpp"):
+        p = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        if impl == "torch":
+            proj = project_gaussians(p["means"], p["quats"], p["scales"], cam)
+            col = sh_to_color(p["sh"], p["means"], cam.camera_center, degree)
+        else:
+            proj, col = preprocess_cpu(p["means"], p["quats"], p["scales"], cam, p["sh"], degree)
+        vis = (proj.radii > 0).to(dtype)
+        w = torch.Generator().manual_seed(9)
+        loss = sum(((t * vis.reshape(-1, *[1] * (t.dim() - 1))) * torch.randn(t.shape, generator=w, dtype=dtype)).sum()
+                   for t in (proj.means2d, proj.conics, proj.depths, col))
+        loss.backward()
+        outs[impl] = (proj, col, {k: v.grad for k, v in p.items()})
+    (pt, ct, gt), (pc, cc, gc) = outs["torch"], outs["cpp"]
+    assert torch.equal(pt.radii, pc.radii) and torch.equal(pt.rects, pc.rects)
+    vis = pt.radii > 0
+    assert 20 < int(vis.sum()) < n  # some culled, some visible
+    for a, b in ((pt.means2d, pc.means2d), (pt.conics, pc.conics), (pt.depths, pc.depths), (ct, cc)):
+        assert torch.allclose(a[vis], b[vis], atol=1e-10, rtol=1e-10)
+    assert (ct == 0).any() or degree == 0  # some SH colours clamped
+    for k in inputs:
+        assert torch.allclose(gt[k], gc[k], atol=1e-9, rtol=1e-8), (k, (gt[k] - gc[k]).abs().max())

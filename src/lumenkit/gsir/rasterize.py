@@ -31,6 +31,7 @@ Depth is view-space z in scene units.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -291,10 +292,13 @@ def load_extension():
 
         build_dir = extension_dir()
         build_dir.mkdir(parents=True, exist_ok=True)
+        csrc = Path(__file__).parent / "csrc"
+        # rasterize_cpu.cpp #includes the other sources: hash them all so any edit triggers a rebuild
+        digest = hashlib.sha1(b"".join(f.read_bytes() for f in sorted(csrc.glob("*.cpp")))).hexdigest()[:12]
         _EXT = load(
             name="lumenkit_gsir_cpu",
-            sources=[str(Path(__file__).parent / "csrc" / "rasterize_cpu.cpp")],
-            extra_cflags=["-O3", "-fopenmp"],
+            sources=[str(csrc / "rasterize_cpu.cpp")],
+            extra_cflags=["-O3", "-fopenmp", f"-DLUMENKIT_CSRC_HASH={digest}"],
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),
             verbose=False,
@@ -323,6 +327,42 @@ class _BlendCPU(torch.autograd.Function):
             m, c, o, ch, offsets, ids, W, H, final_T, n_contrib, grad_out.contiguous()
         )
         return g_m, g_c, g_o, g_ch, None, None, None, None, None
+
+
+class _PreprocessCPU(torch.autograd.Function):
+    """Autograd wrapper of the fused C++ projection + SH colour (same maths as `project_gaussians`
+    and `sh_to_color`)."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, sh, degree, camera):
+        ext = load_extension()
+        m, q, sc = (t.detach().contiguous() for t in (means, quats, scales))
+        shd = sh.detach().contiguous() if sh is not None else m.new_zeros(0)
+        campos = camera.camera_center.to(m)
+        args = (campos, camera.viewmat.detach(), camera.K.detach(), camera.width, camera.height, camera.near, camera.far)
+        means2d, conics, depths, radii, rects, colors = ext.preprocess_forward(m, q, sc, shd, degree, *args)
+        ctx.save_for_backward(m, q, sc, shd, radii)
+        ctx.args, ctx.degree, ctx.has_sh = args, degree, sh is not None
+        ctx.mark_non_differentiable(radii, rects)
+        return means2d, conics, depths, radii, rects, colors
+
+    @staticmethod
+    def backward(ctx, g_m2d, g_con, g_dep, _g_radii, _g_rects, g_col):
+        m, q, sc, shd, radii = ctx.saved_tensors
+        z = lambda g, like: torch.zeros_like(like) if g is None else g  # noqa: E731
+        g_col = z(g_col, m.new_zeros(m.shape[0], 3)) if ctx.has_sh else m.new_zeros(0)
+        d_m, d_q, d_s, d_sh = load_extension().preprocess_backward(
+            m, q, sc, shd, ctx.degree, *ctx.args, radii, z(g_m2d, m[:, :2]), z(g_con, m), z(g_dep, m[:, 0]), g_col
+        )
+        return d_m, d_q, d_s, (d_sh if ctx.has_sh else None), None, None
+
+
+def preprocess_cpu(means: Tensor, quats: Tensor, scales: Tensor, camera: Camera, sh: Tensor | None = None,
+                   sh_degree: int = 0) -> tuple[Projected, Tensor | None]:
+    """`project_gaussians` (+ `sh_to_color` when sh is given) fused in C++ (CPU tensors, float32/64).
+    Returns (Projected, colors [N, 3] or None)."""
+    means2d, conics, depths, radii, rects, colors = _PreprocessCPU.apply(means, quats, scales, sh, sh_degree, camera)
+    return Projected(means2d, conics, depths, radii, rects), (colors if sh is not None else None)
 
 
 def _blend_cpu(means2d, conics, opacities, channels, order, rects, width, height, want_argmax=False):
@@ -438,18 +478,19 @@ def rasterize(
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
 
-    proj = project_gaussians(means, quats, scales, camera)
+    if sh is None and colors is None:
+        raise ValueError("rasterize needs `colors` [N, 3] or `sh` [N, K, 3]")
+    if sh is not None and sh_degree is None:
+        sh_degree = int(math.isqrt(sh.shape[1])) - 1
+    if backend == "cpu":  # fused C++ projection + SH
+        proj, color = preprocess_cpu(means, quats, scales, camera.to(means.device, means.dtype), sh, sh_degree or 0)
+    else:
+        proj = project_gaussians(means, quats, scales, camera)
+        color = sh_to_color(sh, means, camera.camera_center.to(means), sh_degree) if sh is not None else None
+    if color is None:
+        color = colors
     viewspace_points = torch.zeros((N, 2), dtype=means.dtype, device=means.device, requires_grad=True)
     means2d = proj.means2d + viewspace_points
-
-    if sh is not None:
-        if sh_degree is None:
-            sh_degree = int(math.isqrt(sh.shape[1])) - 1
-        color = sh_to_color(sh, means, camera.camera_center.to(means), sh_degree)
-    elif colors is not None:
-        color = colors
-    else:
-        raise ValueError("rasterize needs `colors` [N, 3] or `sh` [N, K, 3]")
 
     names: list[tuple[str, int]] = [("rgb", 3), ("opacity", 1), ("depth", 1)]
     chans = [color.to(means.dtype), torch.ones_like(proj.depths)[:, None], proj.depths[:, None]]

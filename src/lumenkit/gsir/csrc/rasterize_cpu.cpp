@@ -28,6 +28,14 @@ constexpr double ALPHA_MIN = 1.0 / 255.0;
 constexpr double ALPHA_MAX = 0.99;
 constexpr double T_MIN = 1e-4;
 
+int num_threads() {
+#ifdef _OPENMP
+  return std::max(1, at::get_num_threads());
+#else
+  return 1;
+#endif
+}
+
 struct Binning {
   std::vector<int64_t> offsets;  // [n_tiles + 1]
   std::vector<int32_t> ids;      // [L] Gaussian index per entry, front to back within each tile
@@ -55,42 +63,55 @@ Binning bin_gaussians(const torch::Tensor& order, const torch::Tensor& rects, in
   return b;
 }
 
-// Per-entry Gaussian data, packed contiguously for the tile loop.
+// Per-Gaussian data for the tile loops, computed once per call (not per tile entry).
 template <typename scalar_t>
 struct Splat {
   scalar_t mx, my, a, b, c, o, log_thr;  // log_thr = log(ALPHA_MIN / o)
-  int x0, x1, y0, y1;                    // pixel range (inclusive start, exclusive end) inside the tile
+  int x0, x1, y0, y1;                    // pixel range (start inclusive, end exclusive) where alpha >= 1/255 is possible
+  bool live;                             // false: can never reach alpha >= 1/255
 };
 
-// Pixel range inside [px0, px1) x [py0, py1) where alpha >= 1/255 is possible.
+// Pixel range where alpha >= 1/255 is possible: the ellipse d^T conic d <= 2 log(255 o), widened by a
+// small margin so that rounding can never drop a pixel the reference would keep.
 template <typename scalar_t>
-bool make_splat(const scalar_t* m2d, const scalar_t* con, const scalar_t* op, int g, int px0, int px1, int py0,
-                int py1, Splat<scalar_t>& s) {
-  s.mx = m2d[2 * g];
-  s.my = m2d[2 * g + 1];
-  s.a = con[3 * g];
-  s.b = con[3 * g + 1];
-  s.c = con[3 * g + 2];
-  s.o = op[g];
-  const double o = (double)s.o;
-  if (!(o * 1.0 >= ALPHA_MIN * (1.0 - 1e-6))) return false;  // alpha <= o never reaches 1/255
-  s.log_thr = (scalar_t)std::log(ALPHA_MIN / o);
-  const double a = s.a, b = s.b, c = s.c;
-  const double det = a * c - b * b;
-  if (!(det > 0) || !(a > 0)) {  // not positive definite: fall back to the whole tile
-    s.x0 = px0; s.x1 = px1; s.y0 = py0; s.y1 = py1;
-    return true;
+void make_splats(const scalar_t* m2d, const scalar_t* con, const scalar_t* op, int64_t N, int W, int H,
+                 std::vector<Splat<scalar_t>>& out) {
+  out.resize(N);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t g = 0; g < N; ++g) {
+    Splat<scalar_t>& s = out[g];
+    s.mx = m2d[2 * g];
+    s.my = m2d[2 * g + 1];
+    s.a = con[3 * g];
+    s.b = con[3 * g + 1];
+    s.c = con[3 * g + 2];
+    s.o = op[g];
+    const double o = (double)s.o;
+    s.live = o >= ALPHA_MIN * (1.0 - 1e-6);  // alpha <= o
+    s.log_thr = s.live ? (scalar_t)std::log(ALPHA_MIN / o) : scalar_t(0);
+    s.x0 = 0; s.x1 = W; s.y0 = 0; s.y1 = H;
+    const double a = s.a, b = s.b, c = s.c, det = a * c - b * b;
+    if (s.live && det > 0 && a > 0 && std::isfinite(det)) {
+      const double q = std::max(0.0, 2.0 * std::log(o / ALPHA_MIN)) * (1.0 + 1e-4) + 1e-4;
+      const double hx = std::sqrt(q * c / det) + 1e-3, hy = std::sqrt(q * a / det) + 1e-3;
+      // pixel j has its centre at j + 0.5: need |mx - (j + 0.5)| <= hx
+      auto clampi = [](double v, int hi) { return (int)std::max<double>(0, std::min<double>(hi, v)); };
+      s.x0 = clampi(std::ceil((double)s.mx - hx - 0.5), W);
+      s.x1 = clampi(std::floor((double)s.mx + hx - 0.5) + 1.0, W);
+      s.y0 = clampi(std::ceil((double)s.my - hy - 0.5), H);
+      s.y1 = clampi(std::floor((double)s.my + hy - 0.5) + 1.0, H);
+    }
   }
-  const double q = std::max(0.0, 2.0 * std::log(o / ALPHA_MIN)) * (1.0 + 1e-4) + 1e-4;
-  const double hx = std::sqrt(q * c / det) + 1e-3, hy = std::sqrt(q * a / det) + 1e-3;
-  // pixel j has centre j + 0.5: need |mx - (j + 0.5)| <= hx
-  const double fx0 = std::ceil((double)s.mx - hx - 0.5), fx1 = std::floor((double)s.mx + hx - 0.5) + 1.0;
-  const double fy0 = std::ceil((double)s.my - hy - 0.5), fy1 = std::floor((double)s.my + hy - 0.5) + 1.0;
-  s.x0 = (int)std::max<double>(px0, std::min<double>(px1, fx0));
-  s.x1 = (int)std::max<double>(px0, std::min<double>(px1, fx1));
-  s.y0 = (int)std::max<double>(py0, std::min<double>(py1, fy0));
-  s.y1 = (int)std::max<double>(py0, std::min<double>(py1, fy1));
-  return s.x1 > s.x0 && s.y1 > s.y0;
+}
+
+// The Gaussian's pixel range clipped to the tile [px0, px1) x [py0, py1); false if empty.
+template <typename scalar_t>
+inline bool clip_to_tile(const Splat<scalar_t>& s, int px0, int px1, int py0, int py1, int& x0, int& x1, int& y0,
+                         int& y1) {
+  if (!s.live) return false;
+  x0 = std::max(s.x0, px0); x1 = std::min(s.x1, px1);
+  y0 = std::max(s.y0, py0); y1 = std::min(s.y1, py1);
+  return x1 > x0 && y1 > y0;
 }
 
 template <typename scalar_t>
@@ -104,14 +125,6 @@ inline bool eval_alpha(const Splat<scalar_t>& s, scalar_t px, scalar_t py, scala
   G = std::exp(power);
   alpha = std::min(scalar_t(ALPHA_MAX), s.o * G);
   return alpha >= scalar_t(ALPHA_MIN);
-}
-
-int num_threads() {
-#ifdef _OPENMP
-  return std::max(1, at::get_num_threads());
-#else
-  return 1;
-#endif
 }
 
 template <typename scalar_t>
@@ -129,6 +142,8 @@ void forward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, con
   int32_t* o_n = n_contrib.data_ptr<int32_t>();
   int64_t* o_arg = want_argmax ? argmax.data_ptr<int64_t>() : nullptr;
   const int n_tiles = gx * gy;
+  std::vector<Splat<scalar_t>> splats;
+  make_splats(m2d, con, op, means2d.size(0), W, H, splats);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int tile = 0; tile < n_tiles; ++tile) {
@@ -142,14 +157,15 @@ void forward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, con
     std::vector<char> done(npix, 0);
     int n_done = 0;
     const int64_t beg = bins.offsets[tile], end = bins.offsets[tile + 1];
-    Splat<scalar_t> s;
+    int x0, x1, y0, y1;
     for (int64_t e = beg; e < end && n_done < npix; ++e) {
       const int g = bins.ids[e];
-      if (!make_splat(m2d, con, op, g, px0, px1, py0, py1, s)) continue;
+      const Splat<scalar_t>& s = splats[g];
+      if (!clip_to_tile(s, px0, px1, py0, py1, x0, x1, y0, y1)) continue;
       const scalar_t* cg = ch + (size_t)g * C;
-      for (int y = s.y0; y < s.y1; ++y) {
+      for (int y = y0; y < y1; ++y) {
         const scalar_t py = scalar_t(y) + scalar_t(0.5);
-        for (int x = s.x0; x < s.x1; ++x) {
+        for (int x = x0; x < x1; ++x) {
           const int p = (y - py0) * tw + (x - px0);
           if (done[p]) continue;
           scalar_t dx, dy, G, alpha;
@@ -203,6 +219,8 @@ void backward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, co
   const scalar_t* go = grad_out.data_ptr<scalar_t>();
   scalar_t* eg = entry_grad.data_ptr<scalar_t>();
   const int n_tiles = gx * gy;
+  std::vector<Splat<scalar_t>> splats;
+  make_splats(m2d, con, op, means2d.size(0), W, H, splats);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int tile = 0; tile < n_tiles; ++tile) {
@@ -223,16 +241,17 @@ void backward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, co
         for (int k = 0; k < C; ++k) dpix[(size_t)p * C + k] = go[(size_t)k * H * W + pix];
       }
     const int64_t beg = off[tile];
-    Splat<scalar_t> s;
+    int x0, x1, y0, y1;
     for (int64_t e = beg + max_n - 1; e >= beg; --e) {
       const int g = idp[e];
-      if (!make_splat(m2d, con, op, g, px0, px1, py0, py1, s)) continue;
+      const Splat<scalar_t>& s = splats[g];
+      if (!clip_to_tile(s, px0, px1, py0, py1, x0, x1, y0, y1)) continue;
       const scalar_t* cg = ch + (size_t)g * C;
       scalar_t* ge = eg + (size_t)e * G6;
       const int rank = (int)(e - beg);
-      for (int y = s.y0; y < s.y1; ++y) {
+      for (int y = y0; y < y1; ++y) {
         const scalar_t py = scalar_t(y) + scalar_t(0.5);
-        for (int x = s.x0; x < s.x1; ++x) {
+        for (int x = x0; x < x1; ++x) {
           const int p = (y - py0) * tw + (x - px0);
           if (rank >= ncon[p]) continue;
           scalar_t dx, dy, G, alpha;
@@ -322,7 +341,11 @@ std::vector<torch::Tensor> blend_backward(torch::Tensor means2d, torch::Tensor c
           g.narrow(1, 6, C).contiguous()};
 }
 
+#include "preprocess_cpu.cpp"
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("preprocess_forward", &preprocess_forward, "EWA projection + SH colour of 3D Gaussians, forward (CPU)");
+  m.def("preprocess_backward", &preprocess_backward, "EWA projection + SH colour of 3D Gaussians, backward (CPU)");
   m.def("blend_forward", &blend_forward, "Gaussian front-to-back blending, forward (CPU)");
   m.def("blend_backward", &blend_backward, "Gaussian front-to-back blending, backward (CPU)");
 }
