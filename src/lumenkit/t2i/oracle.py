@@ -26,19 +26,25 @@ from lumenkit.t2i import data as D
 HEADS = {k: len(D.ATTRIBUTE_VALUES[k]) for k in D.ATTRIBUTE_NAMES}
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class Oracle(nn.Module):
-    """4 conv blocks (64 -> 4 px) + coordinates-aware flatten -> 128-d features -> 5 linear heads."""
+    """Strided stem (64 -> 32 px), 3 conv blocks with max-pooling (-> 4 px), a flatten that keeps
+    where things are (position and size heads need it) -> 128-d features -> 5 linear heads."""
 
-    def __init__(self, width: int = 24, feature_dim: int = 128):
+    def __init__(self, width: int = 16, feature_dim: int = 128):
         super().__init__()
         self.width, self.feature_dim = width, feature_dim
-        self.body = nn.Sequential(_block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width), _block(4 * width, 4 * width))
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * 16, feature_dim), nn.ReLU(inplace=True))
+        w = width
+        self.body = nn.Sequential(
+            _block(3, w, stride=2),
+            _block(w, 2 * w), nn.MaxPool2d(2),
+            _block(2 * w, 4 * w), nn.MaxPool2d(2),
+            _block(4 * w, 4 * w), nn.MaxPool2d(2),
+        )
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, feature_dim), nn.ReLU(inplace=True))
         self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, n) for k, n in HEADS.items()})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

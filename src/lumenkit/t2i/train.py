@@ -55,6 +55,7 @@ def shapes_model_config(preset: str = "shapes") -> dict[str, Any]:
     from lumenkit.t2i.models import preset_config
 
     cfg = preset_config(preset)
+    cfg["vision"]["image_size"] = D.RESOLUTION  # CLIP's image tower sees the 64x64 shapes images
     if preset == "shapes":
         cfg["unet"].update(UNET_OVERRIDES)
         cfg["vae"].update(VAE_OVERRIDES)
@@ -95,6 +96,7 @@ class VaeConfig(StageConfig):
     kl_weight: float = 1e-6
     mse_weight: float = 1.0
     warmup_steps: int = 50
+    crop: int = 32  # train on random crops of this size (the VAE is convolutional; 0 = whole 64x64 images)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class UnetConfig(StageConfig):
     ema_decay: float = 0.999
     n_latents: int = 16384  # training images encoded once by the frozen VAE (captions are finite)
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    snr_gamma: float = 5.0  # Min-SNR-gamma loss weighting (Hang et al. 2023): w = min(SNR, g) / SNR; 0 = plain MSE
 
 
 @dataclass
@@ -367,6 +370,10 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
     def step_fn(step: int) -> torch.Tensor:
         b = D.make_batch(batch_rng(cfg.seed, step), cfg.batch_size, "all")
         x = b.images.to(device)
+        if 0 < cfg.crop < x.shape[-1]:
+            f = 2 ** (len(model_cfg["vae"]["block_out_channels"]) - 1)
+            oy, ox = (torch.randint(0, (x.shape[-1] - cfg.crop) // f + 1, (2,), generator=torch_gen(cfg.seed + 1, step)) * f).tolist()
+            x = x[..., oy : oy + cfg.crop, ox : ox + cfg.crop]
         with autocast(cfg, device):
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=torch_gen(cfg.seed, step)).to(device)
@@ -476,7 +483,11 @@ def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # DDPM eq. 4
         with autocast(cfg, device):
             pred = unet(xt.to(device), t.to(device), ctx.to(device)).sample
-        return F.mse_loss(pred.float(), eps.to(device))
+        per_sample = (pred.float() - eps.to(device)).pow(2).mean(dim=(1, 2, 3))
+        if cfg.snr_gamma > 0:
+            snr = ab.view(-1) / (1 - ab.view(-1))
+            per_sample = per_sample * (snr.clamp(max=cfg.snr_gamma) / snr).to(device)
+        return per_sample.mean()
 
     res = train_loop("unet", out / "unet_train", cfg, unet, step_fn, ema=ema, ema_decay=cfg.ema_decay, progress=progress)
     ema.eval().save_pretrained(out / "unet", safe_serialization=True)

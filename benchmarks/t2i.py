@@ -1,0 +1,125 @@
+"""t2i benchmark: the shipped small Stable Diffusion on the shapes world, measured like GenEval.
+
+One run computes: prompt accuracy (seen / unseen combinations) per sampler (DDPM 1000, DDIM 10/20/50,
+PLMS 20/50, Euler-a 20/50) and per CFG scale (1, 3, 5, 7.5); CLIP score with our CLIP; the
+oracle-feature Fréchet distance; VAE reconstruction PSNR; the oracle's own accuracy; training
+images/s per stage (from the model's training_log.json); sampling latency per image on this machine;
+and the sd15 speed table of benchmarks/t2i_speed.py (its last full run) -> BENCHMARKS.md section "t2i".
+
+    .venv/bin/python benchmarks/t2i.py              # full run, writes BENCHMARKS.md
+    .venv/bin/python benchmarks/t2i.py --quick      # a few prompts and samplers, prints only
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+
+def training_table(model_dir: Path) -> str:
+    from lumenkit.common.bench import markdown_table
+
+    log_path = model_dir / "training_log.json"
+    if not log_path.is_file():
+        return "_No training_log.json in the model folder._"
+    log = json.loads(log_path.read_text())
+    rows = []
+    for name in ("clip", "vae", "unet", "oracle"):
+        s = log["stages"].get(name)
+        if not s:
+            continue
+        extra = {
+            "clip": f"image->caption top-1 among 256: {100 * s.get('retrieval_top1', float('nan')):.1f}%",
+            "vae": f"PSNR {s.get('psnr_db', float('nan')):.2f} dB, scaling_factor {s.get('scaling_factor', float('nan')):.3f}, {s['config'].get('crop', 0) or 64}px crops",
+            "unet": f"latent cache {s.get('latent_cache_seconds', 0):.0f} s, EMA {s['config'].get('ema_decay')}, CFG dropout {s['config'].get('caption_dropout')}",
+            "oracle": f"held-out accuracy (all attributes) {100 * s.get('heldout_accuracy', {}).get('all', float('nan')):.2f}%",
+        }[name]
+        rows.append([name, s["steps"], s["batch_size"], f"{s['seconds'] / 60:.1f}", f"{s['images_per_s']:.1f}", f"{s['final_loss']:.4f}", extra])
+    total = log.get("total_seconds", 0)
+    return (markdown_table(["stage", "steps", "batch", "minutes", "images / s", "final loss (EMA)", "notes"], rows)
+            + f"\n\nTotal training time: {total / 60:.1f} min on the shared 2-core CPU (1 torch thread, bf16 autocast).")
+
+
+def latency_table(model_dir: Path, quick: bool) -> str:
+    from lumenkit.common.bench import markdown_table, time_call
+    from lumenkit.t2i.evaluate import load_pipeline
+
+    pipe = load_pipeline(model_dir, "cpu")
+    rows = []
+    for batch in (1, 16):
+        prompts = ["a large red circle in the centre on a white background"] * batch
+        for sampler, steps in (("ddim", 20), ("ddim", 50)):
+            if quick and steps == 50:
+                continue
+            dt = time_call(lambda: pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, sampler=sampler,
+                                        generator=torch.Generator().manual_seed(0), progress=False), repeat=1 if quick else 3, warmup=1)
+            rows.append([f"{sampler} {steps}", batch, f"{dt:.3f}", f"{dt / batch:.4f}"])
+    return markdown_table(["sampler", "batch", "s / call", "s / image"], rows) + f"\n\n({torch.get_num_threads()} torch threads, CFG 5, 64x64.)"
+
+
+def sd15_table() -> str:
+    path = ROOT / "benchmarks" / "t2i_speed.py"
+    if not path.is_file():
+        return "_benchmarks/t2i_speed.py is missing._"
+    spec = importlib.util.spec_from_file_location("t2i_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "sd15_speed_table"):
+        return "_benchmarks/t2i_speed.py has no sd15_speed_table()._"
+    try:
+        return mod.sd15_speed_table()
+    except Exception as exc:  # the sd15 timing is someone else's measurement: report, don't hide the rest
+        return f"_sd15 speed table unavailable: {type(exc).__name__}: {exc}_"
+
+
+def main(argv=None) -> int:
+    from lumenkit.t2i.evaluate import SAMPLER_SWEEP, SHIPPED_MODEL, EvalConfig, evaluate, markdown_report
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="4 prompts per split, 3 settings; prints, writes nothing")
+    ap.add_argument("--model", default=str(SHIPPED_MODEL), help="model folder (default: the shipped shapes model)")
+    ap.add_argument("--n-prompts", dest="n_prompts", type=int, default=16, help="prompts per split (seen and unseen)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on the shared 2-core machine)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model_dir = Path(args.model)
+    t0 = time.perf_counter()
+    if args.quick:
+        cfg = EvalConfig(n_prompts=4, samplers=(("ddim", 10), ("euler_a", 10)), scales=(1.0, 5.0), n_real=200)
+    else:
+        cfg = EvalConfig(n_prompts=args.n_prompts, samplers=SAMPLER_SWEEP)
+    result = evaluate(model_dir, cfg, device="cpu")
+    sections = [
+        "The small Stable Diffusion shipped in `src/lumenkit/t2i/pretrained/shapes` (trained here from scratch: CLIP, "
+        "AutoencoderKL, UNet2DConditionModel) generates one 64x64 image per prompt; the attribute oracle reads shape, "
+        "colour, size, position and background; a prompt counts as right when all five match. Unseen prompts use the "
+        "held-out colour+shape pairs (red star, green triangle, blue circle, yellow square), never shown in training.",
+        "### Evaluation\n\n" + markdown_report(result),
+        "### Training (from training_log.json)\n\n" + training_table(model_dir),
+        "### Sampling latency on this machine\n\n" + latency_table(model_dir, args.quick),
+        "### Real SD 1.5 architecture: lumenkit vs diffusers\n\n" + sd15_table(),
+        f"_The machine is shared with other jobs (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end): "
+        f"timings are noisy. Benchmark wall time {(time.perf_counter() - t0) / 60:.1f} min._",
+    ]
+    md = "\n\n".join(sections)
+    print(md)
+    if not args.quick:
+        from lumenkit.common.bench import write_section
+        from lumenkit.common.fileio import atomic_write_json
+
+        atomic_write_json(ROOT / "benchmarks" / "results" / "t2i_eval.json", result)
+        write_section("t2i", md, title="t2i: small Stable Diffusion on the shapes world")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
