@@ -122,14 +122,14 @@ class GaussianMixture2D:
         u = torch.linspace(0, 1, grid, dtype=torch.float64)[:, None]
         xs = lo + (hi - lo) * u  # [G, P]
         cdf = (self.weights[:, None, None] * 0.5 * (1 + torch.erf((xs[None] - m[:, None]) / (s[:, None] * math.sqrt(2))))).sum(0)
-        out = torch.empty(q.shape[0], dirs.shape[0], dtype=torch.float64)
-        for p in range(dirs.shape[0]):  # per projection: monotone interpolation of the inverse CDF
-            c = cdf[:, p].contiguous()
-            idx = torch.searchsorted(c, q).clamp(1, grid - 1)
-            c0, c1 = c[idx - 1], c[idx]
-            f = ((q - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0, 1)
-            out[:, p] = xs[idx - 1, p] + f * (xs[idx, p] - xs[idx - 1, p])
-        return out
+        c = cdf.T.contiguous()  # [P, G], monotone per projection: batched inverse-CDF interpolation
+        qq = q[None].expand(c.shape[0], -1).contiguous()
+        idx = torch.searchsorted(c, qq).clamp(1, grid - 1)
+        c0, c1 = c.gather(1, idx - 1), c.gather(1, idx)
+        xt = xs.T.contiguous()
+        x0, x1 = xt.gather(1, idx - 1), xt.gather(1, idx)
+        f = ((qq - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0, 1)
+        return (x0 + f * (x1 - x0)).T
 
 
 class MixtureOracle:
@@ -174,7 +174,7 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256, p: i
     else:
         dirs = torch.randn(n_proj, D, generator=generator, dtype=torch.float64)
         dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    px, py = (x @ dirs.T).sort(0).values, (y @ dirs.T).sort(0).values
+    px, py = (dirs @ x.T).sort(-1).values.T, (dirs @ y.T).sort(-1).values.T  # [N, P]
     if px.shape[0] != py.shape[0]:
         n = max(px.shape[0], py.shape[0])
         q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
@@ -192,9 +192,9 @@ def sliced_wasserstein_to_mixture(x: torch.Tensor, mixture: "GaussianMixture2D",
     sorted samples against the mixture's projected quantiles at (i + 0.5)/N. No second sample's noise."""
     x = x.double().cpu()
     dirs = _directions(n_proj)
-    px = (x @ dirs.T).sort(0).values
+    px = (dirs @ x.T).sort(-1).values  # [P, N]
     q = (torch.arange(x.shape[0], dtype=torch.float64) + 0.5) / x.shape[0]
-    return float(((px - mixture.projected_quantiles(dirs, q)).abs() ** p).mean() ** (1.0 / p))
+    return float(((px - mixture.projected_quantiles(dirs, q).T).abs() ** p).mean() ** (1.0 / p))
 
 
 def _quantiles(sorted_vals: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
