@@ -313,18 +313,20 @@ class _BlendCPU(torch.autograd.Function):
     def forward(ctx, means2d, conics, opacities, channels, order, rects, width, height, want_argmax):
         ext = load_extension()
         m, c, o, ch = (t.detach().contiguous() for t in (means2d, conics, opacities, channels))
-        out, final_T, n_contrib, argmax, offsets, ids = ext.blend_forward(m, c, o, ch, order, rects, width, height, want_argmax)
-        ctx.save_for_backward(m, c, o, ch, offsets, ids, final_T, n_contrib)
+        out, final_T, n_contrib, argmax, offsets, ids, gstart, by_gauss = ext.blend_forward(
+            m, c, o, ch, order, rects, width, height, want_argmax
+        )
+        ctx.save_for_backward(m, c, o, ch, offsets, ids, final_T, n_contrib, order, gstart, by_gauss)
         ctx.size = (width, height)
         ctx.mark_non_differentiable(argmax)
         return out, argmax
 
     @staticmethod
     def backward(ctx, grad_out, _grad_argmax):
-        m, c, o, ch, offsets, ids, final_T, n_contrib = ctx.saved_tensors
+        m, c, o, ch, offsets, ids, final_T, n_contrib, order, gstart, by_gauss = ctx.saved_tensors
         W, H = ctx.size
         g_m, g_c, g_o, g_ch = load_extension().blend_backward(
-            m, c, o, ch, offsets, ids, W, H, final_T, n_contrib, grad_out.contiguous()
+            m, c, o, ch, offsets, ids, W, H, final_T, n_contrib, grad_out.contiguous(), order, gstart, by_gauss
         )
         return g_m, g_c, g_o, g_ch, None, None, None, None, None
 

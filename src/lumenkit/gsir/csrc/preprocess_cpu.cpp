@@ -180,7 +180,13 @@ void backward_impl(const Cam& cam, const T* means, const T* quats, const T* scal
                    const T* g_col, T* d_means, T* d_quats, T* d_scales, T* d_sh) {
 #pragma omp parallel for schedule(static) num_threads(std::max(1, at::get_num_threads()))
   for (int64_t n = 0; n < N; ++n) {
-    if (radii[n] <= 0) continue;  // culled: the blend gives it no gradient
+    if (d_sh) std::fill(d_sh + (size_t)n * K * 3, d_sh + (size_t)(n + 1) * K * 3, T(0));
+    if (radii[n] <= 0) {  // culled: the blend gives it no gradient
+      std::fill(d_means + 3 * n, d_means + 3 * n + 3, T(0));
+      std::fill(d_quats + 4 * n, d_quats + 4 * n + 4, T(0));
+      std::fill(d_scales + 3 * n, d_scales + 3 * n + 3, T(0));
+      continue;
+    }
     Proj<T> P;
     const T* m = means + 3 * n;
     project_one(cam, m, quats + 4 * n, scales + 3 * n, P);
@@ -326,8 +332,9 @@ std::vector<torch::Tensor> preprocess_backward(torch::Tensor means, torch::Tenso
   const int64_t N = means.size(0);
   const bool has_sh = sh.numel() > 0;
   auto c = preprocess::make_cam(viewmat, K, W, H, near, far);
-  auto d_means = torch::zeros_like(means), d_quats = torch::zeros_like(quats), d_scales = torch::zeros_like(scales);
-  auto d_sh = torch::zeros_like(sh);
+  // every element is written by the kernel (zeros for culled Gaussians / unused SH rows)
+  auto d_means = torch::empty_like(means), d_quats = torch::empty_like(quats), d_scales = torch::empty_like(scales);
+  auto d_sh = torch::empty_like(sh);
   auto cp = campos.to(means.scalar_type()).contiguous();
   g_m2d = g_m2d.contiguous(); g_con = g_con.contiguous(); g_dep = g_dep.contiguous();
   if (has_sh) g_col = g_col.contiguous();

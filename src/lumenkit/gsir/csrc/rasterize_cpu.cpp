@@ -37,8 +37,10 @@ int num_threads() {
 }
 
 struct Binning {
-  std::vector<int64_t> offsets;  // [n_tiles + 1]
-  std::vector<int32_t> ids;      // [L] Gaussian index per entry, front to back within each tile
+  std::vector<int64_t> offsets;   // [n_tiles + 1] start of each tile's list
+  std::vector<int32_t> ids;       // [L] Gaussian index per entry, front to back within each tile
+  std::vector<int64_t> gstart;    // [M + 1] per depth-order rank k: start into by_gauss
+  std::vector<int64_t> by_gauss;  // [L] entry positions grouped by Gaussian (for the gradient reduction)
 };
 
 Binning bin_gaussians(const torch::Tensor& order, const torch::Tensor& rects, int gx, int gy) {
@@ -54,12 +56,21 @@ Binning bin_gaussians(const torch::Tensor& order, const torch::Tensor& rects, in
   }
   for (size_t t = 1; t < b.offsets.size(); ++t) b.offsets[t] += b.offsets[t - 1];
   b.ids.resize(b.offsets.back());
+  b.by_gauss.resize(b.offsets.back());
+  b.gstart.assign(M + 1, 0);
   std::vector<int64_t> fill(b.offsets.begin(), b.offsets.end() - 1);
+  int64_t it = 0;
   for (int64_t k = 0; k < M; ++k) {
     const int32_t* r = rc + 4 * ord[k];
+    b.gstart[k] = it;
     for (int ty = r[2]; ty < r[3]; ++ty)
-      for (int tx = r[0]; tx < r[1]; ++tx) b.ids[fill[(size_t)ty * gx + tx]++] = (int32_t)ord[k];
+      for (int tx = r[0]; tx < r[1]; ++tx) {
+        const int64_t e = fill[(size_t)ty * gx + tx]++;
+        b.ids[e] = (int32_t)ord[k];
+        b.by_gauss[it++] = e;
+      }
   }
+  b.gstart[M] = it;
   return b;
 }
 
@@ -230,6 +241,7 @@ void backward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, co
     const int tw = px1 - px0, npix = tw * (py1 - py0);
     std::vector<scalar_t> T(npix), dpix((size_t)npix * C), accum((size_t)npix * C, scalar_t(0)), last_alpha(npix, 0);
     std::vector<int32_t> last_g(npix, -1), ncon(npix);
+    std::vector<scalar_t> gl(G6);
     int max_n = 0;
     for (int y = py0; y < py1; ++y)
       for (int x = px0; x < px1; ++x) {
@@ -241,13 +253,15 @@ void backward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, co
         for (int k = 0; k < C; ++k) dpix[(size_t)p * C + k] = go[(size_t)k * H * W + pix];
       }
     const int64_t beg = off[tile];
+    std::fill(eg + (size_t)beg * G6, eg + (size_t)off[tile + 1] * G6, scalar_t(0));  // entries not reached stay 0
     int x0, x1, y0, y1;
     for (int64_t e = beg + max_n - 1; e >= beg; --e) {
       const int g = idp[e];
       const Splat<scalar_t>& s = splats[g];
       if (!clip_to_tile(s, px0, px1, py0, py1, x0, x1, y0, y1)) continue;
       const scalar_t* cg = ch + (size_t)g * C;
-      scalar_t* ge = eg + (size_t)e * G6;
+      scalar_t* ge = gl.data();  // local accumulators, stored to entry e below
+      std::fill(gl.begin(), gl.end(), scalar_t(0));
       const int rank = (int)(e - beg);
       for (int y = y0; y < y1; ++y) {
         const scalar_t py = scalar_t(y) + scalar_t(0.5);
@@ -282,6 +296,28 @@ void backward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, co
           ge[5] += G * dL_dalpha;
         }
       }
+      std::copy(gl.begin(), gl.end(), eg + (size_t)e * G6);
+    }
+  }
+}
+
+// Sum the per-(tile, Gaussian) entry gradients per Gaussian: parallel over Gaussians, no races.
+template <typename scalar_t>
+void reduce_entries(const torch::Tensor& entry_grad, torch::Tensor& g, const torch::Tensor& order,
+                    const torch::Tensor& gstart, const torch::Tensor& by_gauss) {
+  const int G6 = (int)entry_grad.size(1);
+  const int64_t M = order.size(0);
+  const scalar_t* eg = entry_grad.data_ptr<scalar_t>();
+  scalar_t* gp = g.data_ptr<scalar_t>();
+  const int64_t* ord = order.data_ptr<int64_t>();
+  const int64_t* gs = gstart.data_ptr<int64_t>();
+  const int64_t* bg = by_gauss.data_ptr<int64_t>();
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t k = 0; k < M; ++k) {
+    scalar_t* dst = gp + (size_t)ord[k] * G6;
+    for (int64_t i = gs[k]; i < gs[k + 1]; ++i) {
+      const scalar_t* src = eg + (size_t)bg[i] * G6;
+      for (int j = 0; j < G6; ++j) dst[j] += src[j];
     }
   }
 }
@@ -298,7 +334,8 @@ void check_inputs(const torch::Tensor& means2d, const torch::Tensor& conics, con
 
 }  // namespace
 
-// Returns [out [C,H,W], final_T [H,W], n_contrib [H,W] int32, argmax [H,W] int64, offsets [T+1] int64, ids [L] int32]
+// Returns [out [C,H,W], final_T [H,W], n_contrib [H,W] int32, argmax [H,W] int64, offsets [T+1] int64, ids [L] int32,
+//          gstart [M+1] int64, by_gauss [L] int64]
 std::vector<torch::Tensor> blend_forward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opac,
                                          torch::Tensor channels, torch::Tensor order, torch::Tensor rects, int64_t W,
                                          int64_t H, bool want_argmax) {
@@ -319,24 +356,29 @@ std::vector<torch::Tensor> blend_forward(torch::Tensor means2d, torch::Tensor co
   });
   auto offsets = torch::from_blob(bins.offsets.data(), {(int64_t)bins.offsets.size()}, torch::kInt64).clone();
   auto ids = torch::from_blob(bins.ids.data(), {(int64_t)bins.ids.size()}, torch::kInt32).clone();
-  return {out, final_T, n_contrib, argmax, offsets, ids};
+  auto gstart = torch::from_blob(bins.gstart.data(), {(int64_t)bins.gstart.size()}, torch::kInt64).clone();
+  auto by_gauss = torch::from_blob(bins.by_gauss.data(), {(int64_t)bins.by_gauss.size()}, torch::kInt64).clone();
+  return {out, final_T, n_contrib, argmax, offsets, ids, gstart, by_gauss};
 }
 
 // Returns [grad_means2d [N,2], grad_conics [N,3], grad_opac [N], grad_channels [N,C]]
 std::vector<torch::Tensor> blend_backward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opac,
                                           torch::Tensor channels, torch::Tensor offsets, torch::Tensor ids, int64_t W,
                                           int64_t H, torch::Tensor final_T, torch::Tensor n_contrib,
-                                          torch::Tensor grad_out) {
+                                          torch::Tensor grad_out, torch::Tensor order, torch::Tensor gstart,
+                                          torch::Tensor by_gauss) {
   check_inputs(means2d, conics, opac, channels);
   grad_out = grad_out.to(means2d.scalar_type()).contiguous();
-  const int64_t N = means2d.size(0), C = channels.size(1), L = ids.size(0);
-  auto entry_grad = torch::zeros({L, 6 + C}, means2d.options());
+  order = order.to(torch::kInt64).contiguous();
+  const int64_t N = means2d.size(0), C = channels.size(1), L = ids.size(0), M = order.size(0);
+  const int G6 = (int)(6 + C);
+  auto entry_grad = torch::empty({L, G6}, means2d.options());
+  auto g = torch::zeros({N, G6}, means2d.options());
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "blend_backward", [&] {
     backward_impl<scalar_t>(means2d, conics, opac, channels, offsets, ids, (int)W, (int)H, final_T, n_contrib,
                             grad_out, entry_grad);
+    reduce_entries<scalar_t>(entry_grad, g, order, gstart, by_gauss);
   });
-  auto g = torch::zeros({N, 6 + C}, means2d.options());
-  g.index_add_(0, ids.to(torch::kInt64), entry_grad);
   return {g.narrow(1, 0, 2).contiguous(), g.narrow(1, 2, 3).contiguous(), g.select(1, 5).contiguous(),
           g.narrow(1, 6, C).contiguous()};
 }
