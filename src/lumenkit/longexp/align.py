@@ -6,7 +6,8 @@ base frame (frame 0). Track lengths are in percent of the image diagonal, in the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -83,19 +84,32 @@ def subject_mask(gray0: np.ndarray, tracks: np.ndarray) -> np.ndarray:
 
 
 def _subject_points(tracks: np.ndarray) -> np.ndarray | None:
-    """Base-frame positions of the tracks that move differently from the dominant motion."""
-    alive = ~np.isnan(tracks[..., 0])
-    last = np.where(alive, np.arange(tracks.shape[1])[None], -1).max(1)
-    ok = last > 0
-    if ok.sum() < 12:
+    """Base-frame positions of the tracks that move coherently but differently from the dominant motion.
+
+    Between the base frame and frame j (the latest frame where at least half the tracks live), a RANSAC
+    homography explains the dominant motion; the outliers' own RANSAC homography picks the coherent
+    second motion (the subject), whose inliers are returned."""
+    n, f = tracks.shape[:2]
+    if f < 2:
         return None
-    p0 = tracks[ok, 0]
-    p1 = tracks[ok][np.arange(int(ok.sum())), last[ok]]
-    H, inl = cv2.findHomography(p1.astype(np.float32), p0.astype(np.float32), cv2.RANSAC, 2.0)
+    alive = ~np.isnan(tracks[..., 0])
+    counts = alive.sum(0)
+    j = max([i for i in range(1, f) if counts[i] >= 0.5 * counts[1]] or [1])
+    ok = alive[:, j]
+    if ok.sum() < 16:
+        return None
+    p0, pj = tracks[ok, 0], tracks[ok, j]
+    H, inl = cv2.findHomography(pj, p0, cv2.RANSAC, 2.0)
     if H is None:
         return None
-    out = p0[inl.ravel() == 0]
-    return out
+    out = inl.ravel() == 0
+    if out.sum() < 8:
+        return None
+    H2, inl2 = cv2.findHomography(pj[out], p0[out], cv2.RANSAC, 2.0)
+    if H2 is None:
+        return None
+    subj = p0[out][inl2.ravel() == 1]
+    return subj if len(subj) >= 6 else None
 
 
 # ---------------------------------------------------------------------------------------- tracking
@@ -130,13 +144,13 @@ def track_klt(grays: list[np.ndarray], max_corners: int = 1000, fb_thresh: float
     return tracks
 
 
-def track_direct(grays: list[np.ndarray], pts: np.ndarray, fb_thresh: float = 1.0) -> np.ndarray:
+def track_direct(grays: list[np.ndarray], pts: np.ndarray, fb_thresh: float = 1.0, win: int = 21) -> np.ndarray:
     """Track base-frame points pts [n, 2] directly into every frame (pyramidal LK, forward-backward
     checked). Returns [n, F, 2], NaN where the check fails. Used for the alignment homographies."""
     n, f = len(pts), len(grays)
     out = np.full((n, f, 2), np.nan, np.float32)
     out[:, 0] = pts
-    lk = dict(winSize=(21, 21), maxLevel=5, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    lk = dict(winSize=(win, win), maxLevel=5, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     p0 = pts.reshape(-1, 1, 2).astype(np.float32)
     for i in range(1, f):
         nxt, st, _ = cv2.calcOpticalFlowPyrLK(grays[0], grays[i], p0, None, **lk)
@@ -146,20 +160,24 @@ def track_direct(grays: list[np.ndarray], pts: np.ndarray, fb_thresh: float = 1.
     return out
 
 
-def fit_homographies(tracks: np.ndarray, use: np.ndarray | None = None, thresh: float = 1.5) -> list[np.ndarray]:
+def fit_homographies(tracks: np.ndarray, use: np.ndarray | None = None, thresh: float = 1.5, failed: list[int] | None = None) -> list[np.ndarray]:
     """RANSAC homography frame i -> base frame for every frame, from the tracks selected by `use`.
 
-    Raises LumenkitError when a frame has fewer than 8 usable tracks (cannot align).
+    A frame with fewer than 8 usable tracks raises LumenkitError, unless a `failed` list is given:
+    then the frame keeps the identity and its index is appended to `failed`.
     """
     sel = np.ones(len(tracks), bool) if use is None else use
     hs = [np.eye(3)]
     for i in range(1, tracks.shape[1]):
         ok = sel & ~np.isnan(tracks[:, i, 0])
-        if ok.sum() < 8:
-            raise LumenkitError(f"burst frame {i}: only {int(ok.sum())} tracked features to align on (need 8); frames too different?")
-        H, _ = cv2.findHomography(tracks[ok, i], tracks[ok, 0], cv2.RANSAC, thresh, maxIters=2000, confidence=0.999)
+        H = None
+        if ok.sum() >= 8:
+            H, _ = cv2.findHomography(tracks[ok, i], tracks[ok, 0], cv2.RANSAC, thresh, maxIters=2000, confidence=0.999)
         if H is None:
-            raise LumenkitError(f"burst frame {i}: RANSAC homography failed")
+            if failed is None:
+                raise LumenkitError(f"burst frame {i}: only {int(ok.sum())} tracked features to align on (need 8); frames too different?")
+            failed.append(i)
+            H = np.eye(3)
         hs.append(H)
     return hs
 
@@ -205,6 +223,7 @@ class Alignment:
     n_used: int
     subject: np.ndarray  # [H, W] float mask (analysis res)
     faces: list[tuple[int, int, int, int]]
+    unaligned: list[int] = field(default_factory=list)  # frames whose alignment failed (background mode)
 
 
 def align_burst(grays: list[np.ndarray], mode: str = "foreground", select: bool = True) -> Alignment:
@@ -217,16 +236,20 @@ def align_burst(grays: list[np.ndarray], mode: str = "foreground", select: bool 
     subj = subject_mask(grays[0], tracks)
     for x, y, fw, fh in faces:
         subj[y : y + fh, x : x + fw] = 1.0
-    use = None
-    if mode == "background":
-        p0 = tracks[:, 0]
-        xi = np.clip(p0[:, 0].astype(int), 0, subj.shape[1] - 1)
-        yi = np.clip(p0[:, 1].astype(int), 0, subj.shape[0] - 1)
-        use = subj[yi, xi] > 0.5
-        if use.sum() < 8:
+    failed: list[int] = []
+    if mode == "background":  # align on the subject: dense features inside its mask, tracked directly
+        m8 = (subj > 0.5).astype(np.uint8) * 255
+        pts = cv2.goodFeaturesToTrack(grays[0], maxCorners=400, qualityLevel=0.001, minDistance=3, blockSize=5, mask=m8)
+        if pts is None or len(pts) < 8:
             raise LumenkitError("--mode background: could not find a subject to track (fewer than 8 features on it)")
-    hs = fit_homographies(track_direct(grays, tracks[:, 0]), use)
+        hs = fit_homographies(track_direct(grays, pts.reshape(-1, 2), fb_thresh=2.0, win=11), thresh=2.0, failed=failed)
+        if failed:
+            warnings.warn(f"--mode background: subject not tracked in frames {failed}; those frames are left unaligned", stacklevel=2)
+    else:
+        direct = track_direct(grays, tracks[:, 0])
+        direct = np.where(np.isnan(direct), tracks, direct)  # chained tracks where direct LK failed
+        hs = fit_homographies(direct)
     lengths = aligned_track_lengths(tracks, hs, grays[0].shape)
     pct, target = FOREGROUND_SELECTION if mode == "foreground" else BACKGROUND_SELECTION
     n_used = select_frames(lengths, pct, target) if select else len(grays)
-    return Alignment(hs, tracks, lengths, n_used, subj, faces)
+    return Alignment(hs, tracks, lengths, n_used, subj, faces, failed)

@@ -10,6 +10,7 @@ under-exposed by `exposure`, with shot and read noise, clipped to [0, 1] and sto
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,9 +208,20 @@ def _make_params(cfg: SynthConfig, rng: np.random.Generator) -> dict:
         prm["objects"].append({
             "x0": m + w / 2, "y0": m + h * 0.5, "vx": prm["pan_speed"], "vy": 0.0, "ax": 0.0, "ay": 0.0,
             "wob": float(0.02 * min(w, h)), "wf": 1.3, "wp": float(rng.uniform(0, 6.28)),
-            "radius": float(r), "color": [float(c) for c in rng.uniform(0.3, 0.9, 3)], "stripes": 0.3, "pattern": "checker",
+            "radius": float(r), "color": [float(c) for c in rng.uniform(0.3, 0.9, 3)], "stripes": 0.3, "pattern": "texture", "tex_seed": int(rng.integers(1 << 30)),
         })
     return prm
+
+
+@functools.lru_cache(maxsize=8)
+def _object_texture(seed: int, size: int) -> np.ndarray:
+    """A non-periodic texture [size, size, 3] in [0, 1] with blocks (corners for KLT)."""
+    rng = np.random.default_rng(seed)
+    t = np.stack([_smooth_noise(rng, size, size, octaves=(3, 6, 12)) for _ in range(3)], -1)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, size - 4, 2)
+        t[y0 : y0 + rng.integers(3, max(4, size // 5)), x0 : x0 + rng.integers(3, max(4, size // 5))] = rng.uniform(0, 1, 3)
+    return t.astype(np.float32)
 
 
 def _draw_objects(img: np.ndarray, cover: np.ndarray, prm: dict, cam: np.ndarray, t: float) -> None:
@@ -231,9 +243,11 @@ def _draw_objects(img: np.ndarray, cover: np.ndarray, prm: dict, cam: np.ndarray
         col = np.array(obj["color"], np.float32)
         u = dx * np.cos(rot) + dy * np.sin(rot)  # object-local coordinates (rotate with the camera)
         v = -dx * np.sin(rot) + dy * np.cos(rot)
-        if obj.get("pattern") == "checker":  # trackable corners (panning subject)
-            pat = 0.5 + 0.5 * np.sign(np.sin(u / (obj["stripes"] * r) * np.pi) * np.sin(v / (obj["stripes"] * r) * np.pi))
-            col = col[None, None] * (0.45 + 0.55 * pat[..., None])
+        if obj.get("pattern") == "texture":  # random texture with corners (panning subject)
+            tex = _object_texture(int(obj["tex_seed"]), int(np.ceil(2 * r + 4)))
+            mx, my = (u + r + 2).astype(np.float32), (v + r + 2).astype(np.float32)
+            pat = cv2.remap(tex, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            col = col[None, None] * (0.1 + 1.1 * pat)
         elif obj["stripes"] > 0:  # shaded ball with two spots: no periodic texture (flow is unambiguous)
             shade = 1.0 - 0.55 * np.clip(((u + 0.3 * r) ** 2 + (v + 0.3 * r) ** 2) / (1.4 * r) ** 2, 0, 1)
             spot = np.exp(-((u - 0.35 * r) ** 2 + (v - 0.2 * r) ** 2) / (0.18 * r) ** 2) - 0.8 * np.exp(-((u + 0.3 * r) ** 2 + (v - 0.45 * r) ** 2) / (0.15 * r) ** 2)
