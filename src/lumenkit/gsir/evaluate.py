@@ -1,0 +1,115 @@
+"""GS-IR evaluation: novel-view PSNR/SSIM and normal MAE (degrees) against ground truth.
+
+Protocols (reported with every number):
+* nvs: PSNR and SSIM (Gaussian 11x11, common.metrics) of renders vs GT composited on the training
+  background, averaged over test views, sRGB [0, 1]. No LPIPS (no pretrained nets offline).
+* normal: mean angular error in degrees between rendered world normals and GT world normals,
+  (a) "masked": over GT foreground pixels only; (b) "gsir": GS-IR's normal_eval.py protocol, over ALL
+  pixels with the background set to (0, 0, 1) on both sides (dilutes the error by the background).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from lumenkit.common.errors import LumenkitError
+from lumenkit.common.fileio import atomic_write_json
+
+
+def angular_error_deg(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Per-pixel angle in degrees between [H, W, 3] normal fields (zero vectors give 90 deg)."""
+    p = pred / np.clip(np.linalg.norm(pred, axis=-1, keepdims=True), 1e-8, None)
+    g = gt / np.clip(np.linalg.norm(gt, axis=-1, keepdims=True), 1e-8, None)
+    return np.degrees(np.arccos(np.clip((p * g).sum(-1), -1.0, 1.0)))
+
+
+def normal_mae(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """{'masked': MAE over mask, 'gsir': MAE over all pixels with background (0, 0, 1) on both sides}."""
+    mask = mask.astype(bool)
+    err = angular_error_deg(pred, gt)
+    bgn = np.array([0.0, 0.0, 1.0], np.float32)
+    p2 = np.where(mask[..., None], pred, bgn)
+    g2 = np.where(mask[..., None], gt, bgn)
+    return {"masked": float(err[mask].mean()) if mask.any() else float("nan"), "gsir": float(angular_error_deg(p2, g2).mean())}
+
+
+def find_render_dir(model_path: str | Path, split: str = "test") -> Path:
+    """The newest <model>/<split>/ours_<iteration> folder written by `lumenkit gsir render`."""
+    base = Path(model_path) / split
+    dirs = [d for d in base.glob("ours_*") if d.is_dir()] if base.is_dir() else []
+    if not dirs:
+        raise LumenkitError(f"-m {model_path}: no {split}/ours_<iteration> renders; run `lumenkit gsir render -m {model_path} -s DATA --skip_train` first")
+    return max(dirs, key=lambda d: int(re.sub(r"\D", "", d.name) or -1))
+
+
+def _files(folder: Path) -> list[Path]:
+    from lumenkit.common.images import list_images
+
+    if not folder.is_dir():
+        raise LumenkitError(f"{folder}: missing (render output incomplete; re-run `lumenkit gsir render`)")
+    return list_images(folder, (".png",))
+
+
+def eval_nvs(render_dir: Path) -> dict:
+    """PSNR / SSIM of render_dir/renders vs render_dir/gt (same file names)."""
+    from lumenkit.common.images import read_image
+    from lumenkit.common.metrics import psnr, ssim
+
+    per = {}
+    for f in _files(render_dir / "renders"):
+        g = render_dir / "gt" / f.name
+        if not g.is_file():
+            raise LumenkitError(f"{g}: ground truth missing for {f}")
+        a, b = read_image(f, keep_alpha=False), read_image(g, keep_alpha=False)
+        per[f.name] = {"psnr": psnr(a, b), "ssim": ssim(a, b)}
+    if not per:
+        raise LumenkitError(f"{render_dir / 'renders'}: no renders")
+    return {
+        "protocol": "PSNR/SSIM (Gaussian 11x11) on sRGB [0,1], GT composited on the training background; no LPIPS",
+        "psnr": float(np.mean([v["psnr"] for v in per.values()])),
+        "ssim": float(np.mean([v["ssim"] for v in per.values()])),
+        "views": len(per),
+        "per_view": per,
+    }
+
+
+def read_normal_png(path: Path) -> np.ndarray:
+    from lumenkit.common.images import read_image
+
+    img = read_image(path)
+    n = img[..., :3] * 2 - 1
+    zero = (img[..., :3] == 0).all(-1)
+    n[zero] = 0
+    return n
+
+
+def eval_normal(render_dir: Path, test_views) -> dict:
+    """Normal MAE (degrees) of render_dir/normal/NNNNN.png vs the test views' GT normal maps."""
+    from lumenkit.gsir.data import load_gt
+
+    files = _files(render_dir / "normal")
+    if len(files) != len(test_views):
+        raise LumenkitError(f"{render_dir / 'normal'}: {len(files)} normal maps for {len(test_views)} test views (render with the same -s DATA)")
+    per = {}
+    for f, v in zip(files, test_views):
+        gt = load_gt(v, "normal")
+        mask = load_gt(v, "mask") if "mask" in v.gt_paths else np.linalg.norm(gt, axis=-1) > 0.5
+        pred = read_normal_png(f)
+        if pred.shape != gt.shape:
+            raise LumenkitError(f"{f}: size {pred.shape[:2]} differs from GT {gt.shape[:2]} (render at the data's resolution)")
+        per[f.name] = normal_mae(pred, gt, mask)
+    return {
+        "protocol": "mean angular error in degrees; masked = GT foreground only; gsir = all pixels, background (0,0,1) on both sides",
+        "mae_masked_deg": float(np.nanmean([v["masked"] for v in per.values()])),
+        "mae_gsir_deg": float(np.mean([v["gsir"] for v in per.values()])),
+        "views": len(per),
+        "per_view": per,
+    }
+
+
+def write_results(model_path: Path, name: str, results: dict) -> Path:
+    path = Path(model_path) / f"results_{name}.json"
+    atomic_write_json(path, results)
+    return path

@@ -1,0 +1,93 @@
+"""Rendering a GaussianModel (GS-IR's gaussian_renderer.render) and writing test-view outputs.
+
+`render` returns GS-IR's render_pkg: render [3, H, W] (colour + T * bg), opacity_map [1, H, W],
+depth_map [1, H, W] (camera z, weighted D / O), normal_map [3, H, W] (world, normalised),
+normal_map_from_depth [3, H, W] (world, from depth), normal_from_depth_mask [H, W] bool,
+albedo_map [3, H, W], roughness_map / metallic_map [1, H, W], viewspace_points, visibility_filter, radii.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lumenkit.gsir.gaussians import GaussianModel
+
+
+def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str = "auto", argmax_depth: bool = False, inference: bool = False, with_depth_normal: bool = True) -> dict:
+    """Rasterize every Gaussian attribute for one camera; add the normal from depth and its masks."""
+    from lumenkit.gsir.rasterize import rasterize
+
+    out = rasterize(
+        gaussians.xyz,
+        gaussians.quats,
+        gaussians.scales,
+        gaussians.opacities,
+        camera,
+        sh=gaussians.sh,
+        sh_degree=gaussians.active_sh_degree,
+        normals=gaussians.normals,
+        albedo=gaussians.albedo,
+        roughness=gaussians.roughness,
+        metallic=gaussians.metallic,
+        bg=bg,
+        backend=backend,
+        argmax_depth=argmax_depth,
+        inference=inference,
+    )
+    pkg = dict(out)
+    pkg["normal_map_raw"] = out["normal_map"]
+    pkg["normal_map"] = F.normalize(out["normal_map"], dim=0, eps=1e-8)
+    if with_depth_normal:
+        pkg.update(normal_from_depth(out["depth_map"], camera))
+    return pkg
+
+
+def normal_from_depth(depth_map: torch.Tensor, camera) -> dict:
+    """GS-IR: normal_map_from_depth [3, H, W] (detached, as GS-IR's CUDA op has no backward: the
+    normals learn from depth, not the reverse), normal_from_depth_mask [H, W], mask_from_depth [1, H, W]."""
+    from lumenkit.gsir.geometry import normals_from_depth
+
+    res = normals_from_depth(depth_map.detach(), camera)
+    return {k: v.detach() for k, v in res.items()}
+
+
+def normal_to_rgb(n: torch.Tensor) -> np.ndarray:
+    """[3, H, W] unit normals -> [H, W, 3] colour (n + 1) / 2 (0 stays black where no normal)."""
+    valid = (n != 0).any(0, keepdim=True)
+    return (((n + 1) / 2) * valid).permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+
+
+def to_hwc(x: torch.Tensor) -> np.ndarray:
+    return x.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def render_set(gaussians: GaussianModel, views, out_dir: Path, bg: torch.Tensor, device, backend: str = "auto", progress: bool = True) -> Path:
+    """3DGS render.py layout: out_dir/{renders,gt,normal,normal_from_depth,depth,albedo,roughness,metallic,opacity}/NNNNN.png.
+
+    Normals are 16-bit PNGs of (n + 1) / 2 with alpha = rendered opacity > 0.5 masked; depth 16-bit with
+    metadata depth_scale (scene units per step).
+    """
+    from tqdm import tqdm
+
+    from lumenkit.common.images import write_image
+    from lumenkit.gsir.data import DEPTH_SCALE
+
+    for i, view in enumerate(tqdm(views, desc=f"render {out_dir.parent.name}", disable=not progress)):
+        cam = view.camera(device)
+        pkg = render(gaussians, cam, bg, backend=backend, inference=True)
+        name = f"{i:05d}.png"
+        write_image(out_dir / "renders" / name, to_hwc(pkg["render"]))
+        write_image(out_dir / "gt" / name, to_hwc(view.image))
+        write_image(out_dir / "normal" / name, normal_to_rgb(pkg["normal_map"]), bit_depth=16)
+        write_image(out_dir / "normal_from_depth" / name, normal_to_rgb(pkg["normal_map_from_depth"]), bit_depth=16)
+        d = pkg["depth_map"][0].cpu().numpy()
+        write_image(out_dir / "depth" / name, np.clip(np.round(d / DEPTH_SCALE), 0, 65535).astype(np.uint16)[..., None], metadata={"depth_scale": str(DEPTH_SCALE)})
+        write_image(out_dir / "albedo" / name, to_hwc(pkg["albedo_map"]))
+        write_image(out_dir / "roughness" / name, to_hwc(pkg["roughness_map"]))
+        write_image(out_dir / "metallic" / name, to_hwc(pkg["metallic_map"]))
+        write_image(out_dir / "opacity" / name, to_hwc(pkg["opacity_map"]))
+    return out_dir
