@@ -215,3 +215,14 @@ def test_diffusers_published_ddim_value():
                     set_alpha_to_one=True, clip_denoised=True, progress=False)
     assert abs(out.abs().sum().item() - 172.0067) < 1e-2
     assert abs(out.abs().mean().item() - 0.223967) < 1e-3
+
+
+def test_euler_ancestral_eta1_is_ddpm_ancestral():
+    """Closed form: with sigma_down = sigma_next^2/sigma and sigma_up^2 = sigma_next^2 (sigma^2 - sigma_next^2)/sigma^2,
+    an Euler-ancestral step is x0 + (sigma_next/sigma)^2 (x - x0) + sigma_up z: exactly DDPM's posterior
+    q(x_prev | x_t, x0) in the variance-exploding coordinates. Same steps + same noise => same samples."""
+    xT = x_T().double()
+    kw = dict(x_T=xT, progress=False)
+    e, _ = sample(model, SCHED, "euler_a", 25, generator=torch.Generator().manual_seed(3), **kw)
+    d, _ = sample(model, SCHED, "ddpm", 25, generator=torch.Generator().manual_seed(3), **kw)
+    assert (e - d).abs().max() < 1e-9
