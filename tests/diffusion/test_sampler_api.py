@@ -3,7 +3,6 @@ large, float32/float64), conditioning and guidance, inpainting, img2img, hooks, 
 clear LumenkitErrors for bad arguments."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

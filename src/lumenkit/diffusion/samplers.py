@@ -232,7 +232,9 @@ class Hooks:
 
 
 def _dropout(noise: torch.Tensor, p: float, hooks: Hooks) -> torch.Tensor:
-    """Inverted dropout of the noise (CompVis noise_dropout) with a seeded uniform draw."""
+    """Inverted dropout of the noise (CompVis uses F.dropout, i.e. the global RNG): the keep-mask comes from
+    a second standard-normal draw of the same noise source, keep where |z| >= q with P(|z| >= q) = 1 - p,
+    so the result stays reproducible from the generator / noise_sampler."""
     if p <= 0:
         return noise
     keep = hooks.noise(noise).abs_() >= _normal_quantile((1 + p) / 2)  # P(|z| >= q) = 1 - p, seeded
@@ -466,7 +468,8 @@ def sample(
     eps, x, t, cond, **corrector_kwargs) (or a callable with that signature) edits eps.
     clip_denoised clamps pred_x0 to [-1, 1] (DDIM/DDPM/PLMS); set_alpha_to_one picks the final alpha
     (default: False for DDIM/PLMS as CompVis, True for DDPM and use_original_steps).
-    noise_sampler(like) -> standard normal tensor shaped like `like`: replaces every draw inside the loop.
+    noise_sampler(like) -> standard normal tensor shaped like `like`: replaces every draw inside the loop
+    (and the img2img start noise); x_T itself comes from `generator`.
     Device: `device`, else that of x_T / init / x0 / generator, else CPU; dtype: `dtype`, else x_T's, else float32.
     """
     sampler = _ALIASES.get(sampler, sampler)
