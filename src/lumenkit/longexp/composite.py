@@ -51,19 +51,22 @@ def sharpness(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(gray.astype(np.float32), cv2.CV_32F).var())
 
 
-def robust_merge(ref: np.ndarray, others: list[np.ndarray], tol: float = 3.0) -> np.ndarray:
-    """Denoise the sharp reference with aligned frames where they agree with it: per-pixel weights
-    exp(-(d / (tol * median d))^2) with d the 5x5 box-filtered |frame - ref| (the median over the image
-    is the noise level of static content). A simple regular-exposure merge; [H, W, 3] linear."""
+def robust_merge(ref: np.ndarray, others, ref_small: np.ndarray, others_small: list[np.ndarray], tol: float = 3.0) -> np.ndarray:
+    """Denoise the sharp reference with aligned frames where they agree with it (a simple
+    regular-exposure merge). Weights exp(-(d / (tol * median d))^2), d the 5x5 box-filtered
+    |frame - ref| computed on small copies (ref_small / others_small, e.g. the half-resolution frames)
+    and upsampled; `others` yields the full-resolution frames in the same order. [H, W, 3] linear."""
     num = ref.astype(np.float32).copy()
-    den = np.ones(ref.shape[:2] + (1,), np.float32)
-    for o in others:
-        d = cv2.blur(np.abs(o - ref).mean(-1), (5, 5))
+    den = np.ones(ref.shape[:2], np.float32)
+    h, w = ref.shape[:2]
+    for o, os_ in zip(others, others_small):
+        d = cv2.blur(np.abs(os_ - ref_small).mean(-1), (5, 5))
         scale = max(float(np.median(d)), 1e-5)
-        wgt = np.exp(-((d / (tol * scale)) ** 2)).astype(np.float32)[..., None]
-        num += wgt * o
+        wgt = np.exp(-((d / (tol * scale)) ** 2)).astype(np.float32)
+        wgt = cv2.resize(wgt, (w, h), interpolation=cv2.INTER_LINEAR)
+        num += wgt[..., None] * o
         den += wgt
-    return num / den
+    return num / den[..., None]
 
 
 def blend(blur: np.ndarray, sharp: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ class PairMotion:
     @property
     def magnitude(self) -> torch.Tensor:
         """[h, w] max line length of the two frames (pixels of this grid)."""
-        return torch.maximum(self.delta_a.norm(dim=0), self.delta_b.norm(dim=0))
+        return torch.maximum(torch.sqrt((self.delta_a**2).sum(0)), torch.sqrt((self.delta_b**2).sum(0)))
 
 
 class MotionPredictor(Protocol):
@@ -72,7 +72,7 @@ def sweep_lines(flow: torch.Tensor, min_len: float = 0.5) -> torch.Tensor:
     passes over x, which for a small fast object (a head light) lies outside the object's footprint.
     Returns [2, h, w]."""
     _, h, w = flow.shape
-    mag = flow.norm(dim=0).reshape(-1)
+    mag = torch.sqrt((flow**2).sum(0)).reshape(-1)
     src = torch.nonzero(mag > min_len).squeeze(1)
     out = -flow.clone()
     if src.numel() == 0:

@@ -68,6 +68,18 @@ class Result:
     timings: dict = field(default_factory=dict)
 
 
+_LUT = None
+
+
+def to_linear(img: np.ndarray) -> np.ndarray:
+    """sRGB [0, 1] -> linear via a 16-bit lookup table (exact for 8/16-bit inputs, fast at 12 MP)."""
+    global _LUT
+    if _LUT is None:
+        _LUT = srgb_to_linear(np.arange(65536, dtype=np.float32) / 65535.0).astype(np.float32)
+    idx = (np.clip(img, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+    return _LUT[idx]
+
+
 def _scale_h(H: np.ndarray, s: float) -> np.ndarray:
     S = np.diag([s, s, 1.0])
     return S @ H @ np.linalg.inv(S)
@@ -111,7 +123,7 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
     render_frames = []
     for f, Hf in zip(frames, hs_full):
         small = _resize(f, r_size)
-        lin = srgb_to_linear(warp(small, _scale_h(Hf, s_r)))
+        lin = to_linear(warp(small, _scale_h(Hf, s_r)))
         render_frames.append(torch.from_numpy(np.ascontiguousarray(lin.transpose(2, 0, 1))).to(device))
     s_fl = min(1.0, cfg.flow_long_side / max(H, W))
     fl_size = _size(H, W, s_fl)
@@ -123,10 +135,12 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
     t2 = time.perf_counter()
     an_aligned = [warp(g, _scale_h(Hf, s_an)) for g, Hf in zip(grays[:n], hs_full)]
     sharp_index = int(np.argmax([comp.sharpness(g) for g in an_aligned]))
-    sharp = srgb_to_linear(warp(frames[sharp_index], hs_full[sharp_index]))
+    sharp = to_linear(warp(frames[sharp_index], hs_full[sharp_index]))
     if cfg.merge_sharp and n > 1:
-        others = [srgb_to_linear(warp(frames[i], hs_full[i])) for i in range(n) if i != sharp_index]
-        sharp = comp.robust_merge(sharp, others)
+        idx = [i for i in range(n) if i != sharp_index]
+        small = [f.permute(1, 2, 0).cpu().numpy() for f in render_frames]
+        others = (to_linear(warp(frames[i], hs_full[i])) for i in idx)
+        sharp = comp.robust_merge(sharp, others, small[sharp_index], [small[i] for i in idx])
     tm["sharp_s"] = time.perf_counter() - t2
     return Prepared(frames, hs_full, al, render_frames, motions, sharp_index, sharp.astype(np.float32), s_an, tm)
 
@@ -150,6 +164,8 @@ def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> R
     inter: dict = {}
     if cfg.composite:
         mag = torch.stack([m.magnitude for m in prep.motions]).amax(0).cpu().numpy()
+        s_m = min(1.0, cfg.flow_long_side / max(mag.shape))  # masks at the (low) motion resolution
+        mag = _resize(mag, _size(*mag.shape, s_m))
         mraw = comp.m_flow(mag, cfg.a, cfg.b, cfg.ref_percentile)
         rh, rw = mraw.shape
         guide = np.clip(linear_to_srgb(_resize(prep.sharp * cfg.gain, (rh, rw))), 0, 1)
@@ -181,14 +197,14 @@ def run_longexp(frames: list[np.ndarray], cfg: LongExpConfig | None = None, pred
 
 def naive_average(frames: list[np.ndarray], gain: float = 1.0) -> np.ndarray:
     """Baseline: mean of the unaligned burst in linear light. [H, W, 3]"""
-    return np.mean([srgb_to_linear(f) for f in frames], axis=0) * gain
+    return np.mean([to_linear(f) for f in frames], axis=0) * gain
 
 
 def aligned_average(prep: Prepared, gain: float = 1.0) -> np.ndarray:
     """Baseline: mean of the aligned frames in linear light at full resolution. [H, W, 3]"""
     acc = np.zeros_like(prep.sharp)
     for f, Hf in zip(prep.frames, prep.homographies):
-        acc += srgb_to_linear(warp(f, Hf))
+        acc += to_linear(warp(f, Hf))
     return acc / len(prep.frames) * gain
 
 

@@ -16,12 +16,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lumenkit.longexp.motion import PairMotion
 
 N_BUCKETS = (2, 3, 5, 9, 17, 33, 65, 129)
+
+
+def vnorm(v: torch.Tensor) -> torch.Tensor:
+    """Length of [2, ...] vectors (explicit: torch.norm over dim 0 is very slow on CPU)."""
+    return torch.sqrt(v[0] * v[0] + v[1] * v[1])
 
 
 # ---------------------------------------------------------------------------------------- eq. 9
@@ -38,12 +45,26 @@ def pixel_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor
     return torch.stack([xs, ys])
 
 
-def bilinear(img: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def bilinear(img: torch.Tensor, pos: torch.Tensor, hwc: np.ndarray | None = None) -> torch.Tensor:
     """Bilinear lookup of img [C, H, W] at pixel positions pos [2, *S] (x, y); returns [C, *S].
 
-    Border pixels are repeated outside the image (texture clamp)."""
+    Border pixels are repeated outside the image (texture clamp). On CPU this is cv2.remap (hwc: the
+    image as a contiguous [H, W, C] float32 array, if already made), elsewhere torch grid_sample."""
     c, h, w = img.shape
     shape = pos.shape[1:]
+    if img.device.type == "cpu" and img.dtype == torch.float32 and c <= 4:
+        arr = hwc if hwc is not None else np.ascontiguousarray(img.permute(1, 2, 0).numpy())
+        m = pos.reshape(2, -1)
+        total = m.shape[1]
+        cols = min(max(total, 1), 4096)  # remap needs map sides < 32767
+        rows = -(-total // cols)
+        if rows * cols != total:
+            m = F.pad(m, (0, rows * cols - total))
+        mx = m[0].reshape(rows, cols).contiguous().numpy()
+        my = m[1].reshape(rows, cols).contiguous().numpy()
+        out = cv2.remap(arr, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out = torch.from_numpy(out.reshape(rows * cols, c)[:total])
+        return out.T.reshape(c, *shape)
     p = pos.reshape(2, 1, -1)
     gx = p[0] * (2.0 / max(w - 1, 1)) - 1.0
     gy = p[1] * (2.0 / max(h - 1, 1)) - 1.0
@@ -90,34 +111,37 @@ def accumulate_pass(
     speed_weight: bool = True,
     step: float = 1.0,
     n_max: int = 65,
+    min_length: float = 0.5,
 ) -> torch.Tensor:
     """One pass: normalised weighted mean of img along each pixel's path. Returns [C, H, W].
 
     img [C, H, W]; delta [2, H, W] path end point offset; mu0, mu1 [2, H, W] path tangents at t = 0, 1
     (None: straight line, eq. 6). Weights w_n = 1 - n/N (ramp), times |rho'(t_n)| normalised over the
     path (eq. 8: compensates uneven spatial spacing of uniform t samples) when speed_weight and the
-    path is curved. N per pixel = path length / step + 1, rounded up to a bucket in N_BUCKETS.
+    path is curved. N per pixel = path length / step + 1, rounded up to a bucket in N_BUCKETS; paths
+    shorter than min_length px (invisible blur) keep the pixel itself.
     """
     c, h, w = img.shape
     straight = mu0 is None
     dev = img.device
     base = pixel_grid(h, w, dev)
-    length = delta.norm(dim=0)
+    length = vnorm(delta)
     if not straight:
-        length = length + 0.25 * ((mu0 - delta).norm(dim=0) + (mu1 - delta).norm(dim=0))
+        length = length + 0.25 * (vnorm(mu0 - delta) + vnorm(mu1 - delta))
     need = (length / step).ceil() + 1
+    hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy()) if img.device.type == "cpu" else None
     out = img.clone()  # N = 1 (paths shorter than ~0 px): the pixel itself
     flat_out = out.reshape(c, -1)
     buckets = torch.tensor([b for b in N_BUCKETS if b <= max(n_max, 2)], device=dev)
     bidx = torch.bucketize(need.clamp(max=float(buckets[-1])).reshape(-1), buckets.float())
-    moving = (length.reshape(-1) > 0.05)
+    moving = length.reshape(-1) > min_length
     for bi, n in enumerate(buckets.tolist()):
         sel = torch.nonzero(moving & (bidx == bi)).squeeze(1)
         if sel.numel() == 0:
             continue
         wn = ramp_weights(n, ramp, dev)  # [N]
         t = path_samples(n, dev)
-        chunk = max(1, (1 << 22) // n)
+        chunk = max(1, (1 << 18) // n)  # keep temporaries cache-sized
         for s in range(0, sel.numel(), chunk):
             ids = sel[s : s + chunk]
             x0 = base.reshape(2, -1)[:, ids]  # [2, M]
@@ -128,15 +152,16 @@ def accumulate_pass(
             else:
                 m0 = mu0.reshape(2, -1)[:, ids]
                 m1 = mu1.reshape(2, -1)[:, ids]
-                tt = t[None, :, None]
-                g, dg = hermite(torch.zeros_like(d)[:, None], d[:, None], m0[:, None], m1[:, None], tt)
-                pos = x0[:, None] + g
+                _, h10, h01, h11, _, d10, d01, d11 = (b[None, :, None] for b in hermite_basis(t))  # p0 = 0
+                d_, m0_, m1_ = d[:, None], m0[:, None], m1[:, None]
+                pos = x0[:, None] + h10 * m0_ + h01 * d_ + h11 * m1_
+                dg = d10 * m0_ + d01 * d_ + d11 * m1_
                 wts = wn[:, None].expand(n, ids.numel())
                 if speed_weight:
-                    sp = dg.norm(dim=0)  # [N, M]
+                    sp = vnorm(dg)  # [N, M]
                     sp = sp / sp.mean(0, keepdim=True).clamp(min=1e-6)
                     wts = wts * torch.where(sp.mean(0, keepdim=True) > 0, sp, torch.ones_like(sp))
-            vals = bilinear(img, pos)  # [C, N, M]
+            vals = bilinear(img, pos, hwc)  # [C, N, M]
             flat_out[:, ids] = (vals * wts[None]).sum(1) / wts.sum(0).clamp(min=1e-12)[None]
     return out
 
@@ -148,9 +173,9 @@ def instantaneous_flow(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> t
     a, b: [2, ...] the outgoing (D+) and incoming (D-) motion at a frame, both pointing forward in time
     along the path. H is parallel to a + b with magnitude the harmonic mean of |a| and |b|; theta is
     the angle between a and b. Returns [2, ...]."""
-    na, nb = a.norm(dim=0), b.norm(dim=0)
+    na, nb = vnorm(a), vnorm(b)
     s = a + b
-    ns = s.norm(dim=0)
+    ns = vnorm(s)
     hm = 2 * na * nb / (na + nb).clamp(min=eps)
     cos = ((a * b).sum(0) / (na * nb).clamp(min=eps)).clamp(-1.0, 1.0)
     theta = torch.arccos(cos)
@@ -170,12 +195,12 @@ def extrapolate_endpoint(c: torch.Tensor, b: torch.Tensor, a: torch.Tensor | Non
     bc = c - b
     if a is None:
         return c + bc
-    nbc = bc.norm(dim=0, keepdim=True)
+    nbc = vnorm(bc)[None]
     u = bc / nbc.clamp(min=1e-9)
     mid = 0.5 * (b + c)
     a_ref = a - 2 * ((a - mid) * u).sum(0, keepdim=True) * u
     ca = a_ref - c
-    nca = ca.norm(dim=0, keepdim=True)
+    nca = vnorm(ca)[None]
     ca = ca * torch.where(nca > nbc, nbc / nca.clamp(min=1e-9), torch.ones_like(nca))
     return torch.where(nbc > 1e-9, c + ca, c)
 
@@ -213,8 +238,9 @@ class RenderConfig:
     soft_gamma: bool = True
     k: float = 3.0
     speed_weight: bool = True
-    step: float = 1.0  # path sample spacing in render-grid pixels (adaptive N)
-    n_max: int = 65
+    step: float | None = None  # path sample spacing in render-grid px; None: max(1, diagonal / 720),
+    # so N depends on the relative path length only and the cost grows linearly with the pixel count
+    n_max: int = 33
 
 
 def render_blur(frames: list[torch.Tensor], motions: list[PairMotion], cfg: RenderConfig = RenderConfig()) -> torch.Tensor:
@@ -229,7 +255,9 @@ def render_blur(frames: list[torch.Tensor], motions: list[PairMotion], cfg: Rend
     tangents = frame_tangents(motions) if cfg.spline else None
     num = torch.zeros_like(frames[0])
     den = torch.zeros_like(frames[0][:1])
-    kw = dict(ramp=cfg.ramp, speed_weight=cfg.speed_weight, step=cfg.step, n_max=cfg.n_max)
+    h, w = frames[0].shape[-2:]
+    step = cfg.step if cfg.step is not None else max(1.0, math.hypot(h, w) / 720.0)
+    kw = dict(ramp=cfg.ramp, speed_weight=cfg.speed_weight, step=step, n_max=cfg.n_max)
     for k, m in enumerate(motions):
         for img, delta, wmap, i, j in ((imgs[k], m.delta_a, m.weight_a, k, k + 1), (imgs[k + 1], m.delta_b, m.weight_b, k + 1, k)):
             if tangents is None:
