@@ -373,6 +373,24 @@ def _blend_cpu(means2d, conics, opacities, channels, order, rects, width, height
     return out, (argmax if want_argmax else None)
 
 
+def _gsplat_radii_2d(isect_tiles) -> bool:
+    """Does this gsplat's isect_tiles take radii [..., N, 2] (1.5+) rather than [..., N]?"""
+    import inspect
+
+    try:
+        src = inspect.getsource(isect_tiles)
+        line = next(ln for ln in src.splitlines() if ln.strip().startswith("radii"))
+        return ", 2]" in line
+    except (OSError, TypeError, StopIteration):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            major, minor = (int(v) for v in version("gsplat").split(".")[:2])
+        except (PackageNotFoundError, ValueError):
+            return True
+        return (major, minor) >= (1, 5)
+
+
 def _blend_cuda(means2d, conics, opacities, channels, order, rects, width, height, want_argmax=False, *, depths, radii):
     """gsplat blending (CUDA) of our projected Gaussians, every attribute an extra channel.
 
@@ -386,12 +404,11 @@ def _blend_cuda(means2d, conics, opacities, channels, order, rects, width, heigh
     except ImportError as exc:  # pragma: no cover - needs gsplat
         raise RuntimeError("backend='cuda' needs gsplat (pip install 'lumenkit[cuda]')") from exc
     tw, th = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
-    r = radii.to(torch.int32)
+    r = radii.to(torch.int32)[None]
+    if _gsplat_radii_2d(isect_tiles):  # gsplat >= 1.5: per-axis radii [..., N, 2]
+        r = torch.stack([r, r], dim=-1)
     m2d, dep = means2d[None].contiguous(), depths.detach()[None].contiguous()
-    try:  # gsplat >= 1.5 takes radii [..., N, 2]
-        _, isect_ids, flatten_ids = isect_tiles(m2d, torch.stack([r, r], -1)[None], dep, TILE, tw, th)
-    except (RuntimeError, TypeError, ValueError):  # older gsplat: radii [..., N]
-        _, isect_ids, flatten_ids = isect_tiles(m2d, r[None], dep, TILE, tw, th)
+    _, isect_ids, flatten_ids = isect_tiles(m2d, r, dep, TILE, tw, th)
     offsets = isect_offset_encode(isect_ids, 1, tw, th)
     colors, _alphas = rasterize_to_pixels(
         m2d, conics[None].contiguous(), channels[None].contiguous(), opacities[None].contiguous(),
