@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=str(SHIPPED_MODEL), help="model folder (default: the shipped shapes model)")
     ap.add_argument("--n-prompts", dest="n_prompts", type=int, default=16, help="prompts per split (seen and unseen)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on the shared 2-core machine)")
+    ap.add_argument("--jobs", type=int, default=3, help="worker processes for the sampler/CFG sweep")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model)
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         cfg = EvalConfig(n_prompts=4, samplers=(("ddim", 10), ("euler_a", 10)), scales=(1.0, 5.0), n_real=200)
     else:
         cfg = EvalConfig(n_prompts=args.n_prompts, samplers=SAMPLER_SWEEP)
-    result = evaluate(model_dir, cfg, device="cpu")
+    result = evaluate(model_dir, cfg, device="cpu", jobs=args.jobs)
     sections = [
         "The small Stable Diffusion shipped in `src/lumenkit/t2i/pretrained/shapes` (trained here from scratch: CLIP, "
         "AutoencoderKL, UNet2DConditionModel) generates one 64x64 image per prompt; the attribute oracle reads shape, "

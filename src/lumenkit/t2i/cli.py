@@ -17,7 +17,7 @@ from pathlib import Path
 from lumenkit.common.errors import LumenkitError
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "pretrained" / "shapes"
-STAGES = ("clip", "vae", "unet", "oracle", "all")
+STAGES = ("clip", "vae", "vae-decoder", "unet", "oracle", "all")
 
 
 def register(subparsers) -> None:
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     d.add_argument("--two-objects", dest="two_objects", type=float, default=0.0, help="probability of a second object")
     d.set_defaults(func=data_main)
 
-    t = verbs.add_parser("train", help="train a stage (clip, vae, unet, oracle) or all of them; resumable")
+    t = verbs.add_parser("train", help="train a stage (clip, vae, unet, oracle; vae-decoder fine-tunes the VAE decoder) or all; resumable")
     t.add_argument("stage", choices=STAGES)
     t.add_argument("--out", required=True, help="work folder (checkpoints in OUT/<stage>_train, components in OUT/<stage>)")
     t.add_argument("--model-dir", dest="model_dir", default=None, help="train all: where to write the model (default OUT/model)")
@@ -73,6 +73,7 @@ def register(subparsers) -> None:
     e.add_argument("--scale", type=float, default=5.0, help="CFG scale of the sampler sweep")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="write the result as JSON and markdown here (folder)")
+    e.add_argument("--jobs", type=int, default=1, help="worker processes for the sweep (CPU)")
     _add_device(e)
     e.set_defaults(func=evaluate_main)
 
@@ -134,8 +135,12 @@ def train_main(args) -> int:
         model_dir = T.run_all(out, args.model_dir, cfgs, device=device, stages=stages)
         print(f"model written to {model_dir}")
         return 0
-    runner = {"clip": T.run_clip, "vae": T.run_vae, "unet": T.run_unet, "oracle": T.run_oracle}[args.stage]
-    summary = runner(out, _stage_config(args.stage, args, overrides), device=device)
+    stage = "vae" if args.stage == "vae-decoder" else args.stage
+    cfg = _stage_config(stage, args, overrides)
+    if args.stage == "vae-decoder":
+        cfg.decoder_only = True
+    runner = {"clip": T.run_clip, "vae": T.run_vae, "unet": T.run_unet, "oracle": T.run_oracle}[stage]
+    summary = runner(out, cfg, device=device)
     T.update_training_log(out, summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
     return 0
@@ -186,7 +191,7 @@ def evaluate_main(args) -> int:
     except ValueError:
         raise LumenkitError(f"--scales {args.scales!r}: want a comma list of numbers") from None
     cfg = EvalConfig(n_prompts=args.n_prompts, seed=args.seed, sweep_scale=args.scale, samplers=_parse_samplers(args.samplers), scales=scales)
-    result = evaluate(args.model, cfg, device=resolve_device(args.device))
+    result = evaluate(args.model, cfg, device=resolve_device(args.device), jobs=args.jobs)
     md = markdown_report(result)
     print(md)
     if args.out:

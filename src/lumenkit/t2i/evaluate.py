@@ -84,8 +84,8 @@ def generate(pipe, captions: Sequence[str], sampler: str = "ddim", steps: int = 
     out = []
     for i in range(0, len(captions), batch_size):
         g = torch.Generator().manual_seed(seed * 7919 + i)
-        imgs = pipe(list(captions[i : i + batch_size]), num_inference_steps=steps, guidance_scale=scale,
-                    sampler=sampler, generator=g, output_type="pt", progress=False)
+        imgs = pipe(list(captions[i : i + batch_size]), num_inference_steps=steps, guidance_scale=scale, sampler=sampler,
+                    generator=g, height=D.RESOLUTION, width=D.RESOLUTION, output_type="pt", progress=False)
         out.append(imgs.float().cpu() * 2 - 1)
     return torch.cat(out)
 
@@ -146,26 +146,26 @@ def _accuracies(oracle, images: torch.Tensor, scenes: list[D.Scene]) -> tuple[fl
     return attr["all"], attr
 
 
-def evaluate(model_dir: str | Path | None = None, cfg: EvalConfig | None = None, device="cpu", progress: bool = True) -> dict:
-    """Run every measurement; returns a dict (rows of the sweeps, oracle accuracy, VAE PSNR, ...)."""
+def _settings(cfg: EvalConfig) -> list[tuple[str, int, float]]:
+    out = [(s, n, cfg.sweep_scale) for s, n in cfg.samplers]
+    out += [(cfg.cfg_sampler[0], cfg.cfg_sampler[1], sc) for sc in cfg.scales if (cfg.cfg_sampler[0], cfg.cfg_sampler[1], sc) not in out]
+    return out
+
+
+def _eval_settings(model_dir: str, cfg: EvalConfig, settings: list, real_feats: torch.Tensor, device="cpu",
+                   progress: bool = True, threads: int = 0) -> list[dict]:
+    """Rows (as dicts) of the given (sampler, steps, scale) settings; runs in a worker process when jobs > 1."""
     from tqdm import tqdm
 
-    from lumenkit.t2i.oracle import Oracle, heldout_accuracy
+    from lumenkit.t2i.oracle import Oracle
 
-    cfg = cfg or EvalConfig()
-    model_dir = Path(model_dir) if model_dir else SHIPPED_MODEL
+    if threads > 0:
+        torch.set_num_threads(threads)
     pipe = load_pipeline(model_dir, device)
     oracle = Oracle.load(model_dir, device)
-    scorer = ClipScorer(model_dir, device)
+    scorer = ClipScorer(Path(model_dir), device)
     seen, unseen = prompt_set(cfg.n_prompts, "train", cfg.seed), prompt_set(cfg.n_prompts, "heldout", cfg.seed)
-    scenes = seen + unseen
-    captions = [s.caption() for s in scenes]
-    real = D.make_batch(np.random.default_rng([cfg.seed, 3]), cfg.n_real, "all")
-    real_feats = oracle.embed(real.images)
-    real_same = D.to_tensor(D.render_batch(scenes, np.random.default_rng([cfg.seed, 4])))
-
-    settings = [(s, n, cfg.sweep_scale) for s, n in cfg.samplers]
-    settings += [(cfg.cfg_sampler[0], cfg.cfg_sampler[1], sc) for sc in cfg.scales if (cfg.cfg_sampler[0], cfg.cfg_sampler[1], sc) not in settings]
+    captions = [s.caption() for s in seen + unseen]
     rows = []
     for sampler, steps, scale in tqdm(settings, desc="evaluate", disable=not progress):
         t0 = time.perf_counter()
@@ -173,14 +173,59 @@ def evaluate(model_dir: str | Path | None = None, cfg: EvalConfig | None = None,
         dt = (time.perf_counter() - t0) / len(captions)
         a_seen, attr_seen = _accuracies(oracle, imgs[: len(seen)], seen)
         a_unseen, attr_unseen = _accuracies(oracle, imgs[len(seen):], unseen)
-        rows.append(Row(sampler, steps, scale, a_seen, a_unseen, attr_seen, attr_unseen,
-                        float(scorer(imgs, captions).mean()), frechet_distance(oracle.embed(imgs), real_feats), dt))
+        rows.append(asdict(Row(sampler, steps, scale, a_seen, a_unseen, attr_seen, attr_unseen,
+                               float(scorer(imgs, captions).mean()), frechet_distance(oracle.embed(imgs), real_feats), dt)))
         if progress:
             print(f"  {sampler} {steps} steps, scale {scale}: seen {a_seen:.3f} unseen {a_unseen:.3f} ({dt:.3f} s/img)", flush=True)
+    return rows
+
+
+def _split_by_cost(settings: list, jobs: int) -> list[list]:
+    """Longest-processing-time-first assignment of settings to `jobs` bins (cost ~ UNet calls)."""
+    bins: list[list] = [[] for _ in range(max(1, jobs))]
+    load = [0.0] * len(bins)
+    for st in sorted(settings, key=lambda x: -x[1] * (2 if x[2] != 1 else 1)):
+        i = load.index(min(load))
+        bins[i].append(st)
+        load[i] += st[1] * (2 if st[2] != 1 else 1)
+    return [b for b in bins if b]
+
+
+def evaluate(model_dir: str | Path | None = None, cfg: EvalConfig | None = None, device="cpu", progress: bool = True,
+             jobs: int = 1) -> dict:
+    """Run every measurement; returns a dict (rows of the sweeps, oracle accuracy, VAE PSNR, ...).
+
+    jobs > 1 spreads the settings over that many worker processes (1 torch thread each).
+    """
+    from lumenkit.t2i.oracle import Oracle, heldout_accuracy
+
+    cfg = cfg or EvalConfig()
+    model_dir = Path(model_dir) if model_dir else SHIPPED_MODEL
+    pipe = load_pipeline(model_dir, device)
+    oracle = Oracle.load(model_dir, device)
+    scorer = ClipScorer(model_dir, device)
+    scenes = prompt_set(cfg.n_prompts, "train", cfg.seed) + prompt_set(cfg.n_prompts, "heldout", cfg.seed)
+    captions = [s.caption() for s in scenes]
+    real = D.make_batch(np.random.default_rng([cfg.seed, 3]), cfg.n_real, "all")
+    real_feats = oracle.embed(real.images)
+    real_same = D.to_tensor(D.render_batch(scenes, np.random.default_rng([cfg.seed, 4])))
+    settings = _settings(cfg)
+    if jobs > 1 and torch.device(device).type == "cpu":
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        parts = _split_by_cost(settings, jobs)
+        with ProcessPoolExecutor(len(parts), mp_context=mp.get_context("spawn")) as ex:
+            futs = [ex.submit(_eval_settings, str(model_dir), cfg, part, real_feats, "cpu", progress, 1) for part in parts]
+            rows = [r for f in futs for r in f.result()]
+        order = {st: i for i, st in enumerate(settings)}
+        rows.sort(key=lambda r: order[(r["sampler"], r["steps"], r["scale"])])
+    else:
+        rows = _eval_settings(str(model_dir), cfg, settings, real_feats, device, progress)
     return {
         "model": str(model_dir),
         "config": asdict(cfg),
-        "rows": [asdict(r) for r in rows],
+        "rows": rows,
         "oracle_accuracy": heldout_accuracy(oracle, n=2000, seed=cfg.seed + 4242, device=device),
         "vae_psnr_db": vae_psnr(pipe.vae.float(), 256, cfg.seed, device),
         "clip_score_real": float(scorer(real_same, captions).mean()),

@@ -97,6 +97,7 @@ class VaeConfig(StageConfig):
     mse_weight: float = 1.0
     warmup_steps: int = 50
     crop: int = 32  # train on random crops of this size (the VAE is convolutional; 0 = whole 64x64 images)
+    decoder_only: bool = False  # fine-tune only the decoder of out/vae (latents unchanged, as SD's ft-MSE VAE)
 
 
 @dataclass
@@ -356,7 +357,11 @@ def clip_retrieval_accuracy(clip, tok, device, n: int = 256, seed: int = 12345) 
 
 # ------------------------------------------------------------------------------------------ stage b: VAE
 def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.device = "cpu", progress: bool = True) -> dict:
-    """AutoencoderKL training; writes out/vae (save_pretrained, scaling_factor = 1/std of latents)."""
+    """AutoencoderKL training; writes out/vae (save_pretrained, scaling_factor = 1/std of latents).
+
+    With cfg.decoder_only, fine-tunes the decoder of the existing out/vae with the encoder frozen, so
+    the latents (and a UNet trained on them) stay valid; scaling_factor is kept.
+    """
     from lumenkit.common.metrics import psnr
     from lumenkit.t2i.models import build_vae
 
@@ -365,7 +370,17 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
     out = Path(out)
     model_cfg = shapes_model_config(cfg.preset)
     torch.manual_seed(cfg.seed)
-    vae = build_vae(model_cfg).to(device)
+    if cfg.decoder_only:
+        from diffusers import AutoencoderKL
+
+        if not (out / "vae" / "config.json").is_file():
+            raise LumenkitError(f"{out}: no vae/ to fine-tune: run `lumenkit t2i train vae --out {out}` first")
+        vae = AutoencoderKL.from_pretrained(out / "vae").to(device)
+        vae.encoder.requires_grad_(False)
+        if vae.quant_conv is not None:
+            vae.quant_conv.requires_grad_(False)
+    else:
+        vae = build_vae(model_cfg).to(device)
 
     def step_fn(step: int) -> torch.Tensor:
         b = D.make_batch(batch_rng(cfg.seed, step), cfg.batch_size, "all")
@@ -382,7 +397,8 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
         kl = post.kl().float().mean() / x[0].numel()  # per pixel value, like the per-pixel rec. loss (SD's ratio)
         return (rec - x).abs().mean() + cfg.mse_weight * F.mse_loss(rec, x) + cfg.kl_weight * kl
 
-    res = train_loop("vae", out / "vae_train", cfg, vae, step_fn, progress=progress)
+    name = "vae_decoder" if cfg.decoder_only else "vae"
+    res = train_loop(name, out / f"{name}_train", cfg, vae, step_fn, progress=progress)
     vae.eval()
     # scaling factor: 1 / std of posterior samples, as in SD (0.18215 for their VAE)
     with torch.no_grad():
@@ -392,10 +408,11 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
         std = float(z.std())
         rec = vae.decode(post.mean).sample.clamp(-1, 1)
         p = psnr((rec.cpu() + 1) / 2, (b.images + 1) / 2)
-    vae.register_to_config(scaling_factor=1.0 / std)
+    if not cfg.decoder_only:
+        vae.register_to_config(scaling_factor=1.0 / std)
     vae.save_pretrained(out / "vae", safe_serialization=True)
-    summary = _stage_summary("vae", res, cfg)
-    summary.update(scaling_factor=1.0 / std, psnr_db=p)
+    summary = _stage_summary(name, res, cfg)
+    summary.update(scaling_factor=float(vae.config.scaling_factor), psnr_db=p)
     return summary
 
 
