@@ -51,9 +51,12 @@ def sw_table(
             cells[label][int(S)] = {
                 k: statistics.fmean(r[k] for r in runs) for k in ("sw", "weight_err", "mean_err", "cov_rel_err", "seconds", "model_calls")
             }
+            cells[label][int(S)]["sw_sd"] = statistics.stdev([r["sw"] for r in runs]) if len(runs) > 1 else float("nan")
     headers = ["sampler"] + [f"S={S}" for S in steps]
     rows = [[label] + [cells[label][int(S)]["sw"] for S in steps] for label in cells]
-    return {"headers": headers, "rows": rows, "cells": cells, "sw_floor": statistics.fmean(floors), "n": n, "seeds": list(seeds)}
+    floor_sd = statistics.stdev(floors) if len(floors) > 1 else float("nan")
+    return {"headers": headers, "rows": rows, "cells": cells, "sw_floor": statistics.fmean(floors), "sw_floor_sd": floor_sd,
+            "n": n, "seeds": list(seeds)}
 
 
 def _label(sampler: str) -> str:
