@@ -61,19 +61,22 @@ class StepClock:
     """Forward pre-hooks on the shared modules: first UNet call and start of VAE decoding."""
 
     def __init__(self, unet, vae):
-        self.first_unet = None
-        self.decode = None
-        self.unet_calls = 0
+        self.reset()
         unet.register_forward_pre_hook(self._unet)
+        unet.register_forward_hook(self._unet_done)
         vae.post_quant_conv.register_forward_pre_hook(self._decode)
 
     def reset(self):
-        self.first_unet, self.decode, self.unet_calls = None, None, 0
+        self.first_unet, self.decode, self.unet_calls, self.unet_seconds, self._t = None, None, 0, 0.0, None
 
     def _unet(self, *_):
         self.unet_calls += 1
+        self._t = time.perf_counter()
         if self.first_unet is None:
-            self.first_unet = time.perf_counter()
+            self.first_unet = self._t
+
+    def _unet_done(self, *_):
+        self.unet_seconds += time.perf_counter() - self._t
 
     def _decode(self, *_):
         self.decode = time.perf_counter()
@@ -91,7 +94,7 @@ def time_pair(ours, theirs, *, height: int, width: int, steps: int, scale: float
         theirs(PROMPT, num_inference_steps=steps, guidance_scale=scale, height=height, width=width,
                generator=torch.Generator().manual_seed(0), output_type="np")
 
-    res = {"lumenkit": {"step": [], "call": []}, "diffusers": {"step": [], "call": []}}
+    res = {k: {"step": [], "call": [], "overhead": []} for k in ("lumenkit", "diffusers")}
     for _ in range(repeats):
         for name, fn in (("lumenkit", run_ours), ("diffusers", run_theirs)):
             clock.reset()
@@ -101,25 +104,36 @@ def time_pair(ours, theirs, *, height: int, width: int, steps: int, scale: float
             t1 = time.perf_counter()
             if clock.unet_calls != steps:
                 raise RuntimeError(f"{name}: {clock.unet_calls} UNet calls for {steps} steps (CFG not batched?)")
-            res[name]["step"].append((clock.decode - clock.first_unet) / steps)
+            loop = clock.decode - clock.first_unet
+            res[name]["step"].append(loop / steps)
+            res[name]["overhead"].append((loop - clock.unet_seconds) / steps)
             res[name]["call"].append(t1 - t0)
-            print(f"  {name}: {res[name]['step'][-1]:.3f} s/step, {t1 - t0:.2f} s/call", flush=True)
-    return {k: {"step": min(v["step"]), "call": min(v["call"]), "runs": len(v["step"])} for k, v in res.items()}
+            print(f"  {name}: {res[name]['step'][-1]:.3f} s/step ({1e3 * res[name]['overhead'][-1]:.2f} ms outside the UNet), "
+                  f"{t1 - t0:.2f} s/call", flush=True)
+    return {k: {"step": min(v["step"]), "call": min(v["call"]), "overhead": min(v["overhead"]), "runs": len(v["step"]),
+                "all_steps": v["step"]} for k, v in res.items()}
 
 
 def _table(r: dict) -> str:
     from lumenkit.common.bench import markdown_table
 
     lk, df = r["lumenkit"], r["diffusers"]
+    has_oh = "overhead" in lk
+    oh = lambda d: 1e3 * d["overhead"] if has_oh else "n/a"  # noqa: E731
     rows = [
-        ["lumenkit Text2Image (lumenkit.diffusion DDIM)", lk["step"], lk["call"]],
-        ["diffusers StableDiffusionPipeline (DDIMScheduler)", df["step"], df["call"]],
-        ["ratio lumenkit / diffusers", lk["step"] / df["step"], lk["call"] / df["call"]],
+        ["lumenkit Text2Image (lumenkit.diffusion DDIM)", lk["step"], oh(lk), lk["call"]],
+        ["diffusers StableDiffusionPipeline (DDIMScheduler)", df["step"], oh(df), df["call"]],
+        ["ratio lumenkit / diffusers", lk["step"] / df["step"], lk["overhead"] / df["overhead"] if has_oh else "n/a", lk["call"] / df["call"]],
     ]
     head = (f"{r['preset']} architecture (random weights, same modules in both), txt2img {r['width']}x{r['height']}, "
             f"{r['steps']} DDIM steps, CFG {r['scale']}, batch 1, fp32 on {r['device']}; best of {lk['runs']} interleaved runs "
             f"each ({r['threads']} torch threads). Target: ratio <= 1.0.")
-    return head + "\n\n" + markdown_table(["pipeline", "s / step", "s / call (encode + steps + decode)"], rows, floatfmt="{:.3f}")
+    if "all_steps" in lk:
+        allv = lk["all_steps"] + df["all_steps"]
+        head += (f" Both pipelines call the same UNet module, so only the work outside the UNet differs; the "
+                 f"spread of s / step over all runs ({min(allv):.3f} to {max(allv):.3f}) is the noise of this shared machine.")
+    cols = ["pipeline", "s / step", "ms / step outside the UNet (sampler + guidance)", "s / call (encode + steps + decode)"]
+    return head + "\n\n" + markdown_table(cols, rows, floatfmt="{:.3f}")
 
 
 def measure(preset: str = "sd15", height: int = 512, width: int = 512, steps: int = 2, scale: float = 7.5, repeats: int = 2) -> dict:

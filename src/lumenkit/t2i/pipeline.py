@@ -50,7 +50,7 @@ _BETA_KIND = {"scaled_linear": "linear", "linear": "sqrt_linear", "squaredcos_ca
 
 def default_model_dir() -> Path:
     """The small model trained here and shipped in the package (diffusers layout)."""
-    return Path(__file__).resolve().parent / "assets" / "shapes-sd"
+    return Path(__file__).resolve().parent / "pretrained" / "shapes"
 
 
 def schedule_from_scheduler_config(cfg: dict) -> tuple[Any, str]:
