@@ -99,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     save_result(res, out, args.bit_depth)
     used = ", ".join(names[: res.frames_used])
     print(f"frames used: {res.frames_used} of {len(frames)} ({used}); sharp frame: {names[res.sharp_index]}; {time.perf_counter() - t0:.1f} s")
+    if res.unaligned:
+        print(f"warning: alignment failed for frames {', '.join(names[i] for i in res.unaligned)} (left unaligned)")
     print(f"wrote {out}" + (f" and {out.with_name(out.stem + '_intermediates')}/" if args.save_intermediates else ""))
     return 0
 

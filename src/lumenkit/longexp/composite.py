@@ -22,6 +22,16 @@ def m_flow(mag: np.ndarray, a: float = ALPHA, b: float = BETA, ref_percentile: f
     return np.clip((mag - a * ref) / ((b - a) * ref), 0.0, 1.0).astype(np.float32)
 
 
+def change_mask(blur: np.ndarray, sharp: np.ndarray, lo: float = 0.01, hi: float = 0.03) -> np.ndarray:
+    """Where the blur differs from the sharp exposure at the blur's own resolution (sRGB-encoded
+    luminance difference, ramped from lo to hi): 0 where the scene did not change over the burst, so
+    static content next to moving objects stays sharp even where the dense flow bleeds into it.
+    blur, sharp: [h, w, 3] sRGB [0, 1] at the same (low) resolution. Returns [h, w] in [0, 1]."""
+    d = np.abs(blur - sharp).mean(-1)
+    d = cv2.GaussianBlur(d, (0, 0), 1.0)
+    return np.clip((d - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
 def refine_mask(mask: np.ndarray, guide: np.ndarray, sigma_color: float = 0.1, sigma_space: float | None = None) -> np.ndarray:
     """Joint bilateral blur of the mask guided by the sharp image (cv2.ximgproc.jointBilateralFilter),
     so mask edges follow real image edges. guide: [H, W, 3] sRGB float in [0, 1]."""

@@ -37,6 +37,7 @@ class LongExpConfig:
     b: float = comp.BETA
     ref_percentile: float = comp.REF_PERCENTILE
     merge_sharp: bool = True  # denoise the sharp frame with agreeing aligned frames
+    change_mask: bool = True  # also require blur != sharp for M (our addition; see composite.change_mask)
     gain: float = 1.0  # exposure gain applied to the linear result (burst under-exposure)
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class Result:
     image: np.ndarray  # linear [H, W, 3] (after gain), not clipped
     frames_used: int
     sharp_index: int
+    unaligned: list = field(default_factory=list)  # frames whose (subject) alignment failed
     intermediates: dict = field(default_factory=dict)  # name -> [h, w, C] float image (sRGB for display)
     timings: dict = field(default_factory=dict)
 
@@ -169,6 +171,9 @@ def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> R
         mraw = comp.m_flow(mag, cfg.a, cfg.b, cfg.ref_percentile)
         rh, rw = mraw.shape
         guide = np.clip(linear_to_srgb(_resize(prep.sharp * cfg.gain, (rh, rw))), 0, 1)
+        if cfg.change_mask:
+            blur_m = np.clip(linear_to_srgb(np.clip(_resize(blur_r, (rh, rw)), 0, 1)), 0, 1)
+            mraw = mraw * comp.change_mask(blur_m, guide)
         mref = comp.refine_mask(mraw, guide)
         s = rw / (W * prep.analysis_scale)
         faces = [tuple(int(v * s) for v in f) for f in prep.alignment.faces]
@@ -186,7 +191,7 @@ def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> R
         inter["sharp"] = np.clip(linear_to_srgb(prep.sharp * cfg.gain), 0, 1)
         for k, m in enumerate(prep.motions):
             inter[f"flow_{k:02d}"] = flow_to_color(m.delta_a)
-    return Result(out, len(prep.render_frames), prep.sharp_index, inter, tm)
+    return Result(out, len(prep.render_frames), prep.sharp_index, list(prep.alignment.unaligned), inter, tm)
 
 
 def run_longexp(frames: list[np.ndarray], cfg: LongExpConfig | None = None, predictor: MotionPredictor | None = None, intermediates: bool = False, device="cpu") -> Result:
