@@ -199,6 +199,10 @@ def _make_params(cfg: SynthConfig, rng: np.random.Generator) -> dict:
                 "color": [float(c) for c in (rng.permutation([1.0, rng.uniform(0.5, 0.9), 0.1]) if kind == "objects" else rng.uniform(0.6, 1.0, 3) * rng.uniform(5.0, 8.0))],
                 "stripes": float(rng.uniform(0.5, 0.8)) if kind == "objects" else 0.0,
             }
+            if kind == "objects" and i > 0:  # strongly curved: circular motion, ~30 degrees per interval
+                rad = float(rng.uniform(0.17, 0.22) * min(w, h))
+                obj.update(vx=0.0, vy=0.0, ax=0.0, ay=0.0, wob=rad, wf=float(rng.uniform(0.45, 0.6) * rng.choice([-1, 1])), wp=float(rng.uniform(0, 2 * np.pi)),
+                           x0=m + w * rng.uniform(0.3, 0.7), y0=m + h * rng.uniform(0.35, 0.65))
             prm["objects"].append({k: (float(v) if isinstance(v, (np.floating, float, int)) else v) for k, v in obj.items()})
     elif kind == "water":
         prm["water"] = {"top": float(h * rng.uniform(0.45, 0.6)) + m, "speed": float(diag * 0.05 * rng.uniform(0.8, 1.2)), "wave": float(rng.uniform(3, 6)), "seed": int(rng.integers(1 << 30))}
