@@ -482,7 +482,7 @@ def rasterize(
 
     Returns a dict:
       render [3, H, W] = sum w c + T bg; opacity_map [1, H, W] = O = sum w = 1 - T;
-      depth_map [1, H, W] = (sum w z) / O (0 where O < 1e-4), or the argmax depth;
+      depth_map [1, H, W] = (sum w z) / O (0 where O <= 1e-6, as GS-IR), or the argmax depth;
       normal_map / albedo_map [3, H, W], roughness_map / metallic_map [1, H, W] - present only for the
       attributes that were given (omitted otherwise);
       viewspace_points [N, 2] zero leaf tensor added to the projected means: after backward its
@@ -541,7 +541,7 @@ def rasterize(
         safe = argmax.clamp_min(0)
         depth_map = torch.where(argmax >= 0, proj.depths[safe], torch.zeros_like(proj.depths[safe]))[None]
     else:
-        depth_map = torch.where(O > 1e-4, maps["depth"] / O.clamp_min(1e-4), torch.zeros_like(O))
+        depth_map = torch.where(O > 1e-6, maps["depth"] / O.clamp_min(1e-6), torch.zeros_like(O))  # as GS-IR
     result = {
         "render": render,
         "opacity_map": O,
