@@ -72,8 +72,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from lumenkit.longexp.data import SynthConfig, synthesize, write_synth
 
     cfg = SynthConfig(kind=args.kind, seed=args.seed, width=args.width, height=args.height, frames=args.frames, subframes=args.subframes, exposure=args.exposure, bit_depth=args.bit_depth)
-    out = write_synth(synthesize(cfg), args.out)
-    print(f"wrote {out}/burst ({cfg.frames} frames), truth.png, scene.json (mode {cfg.kind and json.loads((out / 'scene.json').read_text())['mode']})")
+    burst = synthesize(cfg)
+    out = write_synth(burst, args.out)
+    print(f"wrote {out}/burst ({cfg.frames} frames), truth.png, static.png, trail_mask.png, scene.json; run it with: "
+          f"lumenkit longexp run {out}/burst --mode {burst.params['mode']} -o out.png")
     return 0
 
 
