@@ -35,6 +35,17 @@ def saved(tmp_path_factory):
     return pipe, root
 
 
+@pytest.fixture(scope="module")
+def reference(saved):
+    """diffusers' StableDiffusionPipeline loading our saved folder with its own loaders."""
+    from diffusers import StableDiffusionPipeline
+
+    _, root = saved
+    ref = StableDiffusionPipeline.from_pretrained(str(root / "model"), local_files_only=True, safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
 def _run(pipe, **kw):
     args = dict(num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(0), progress=False)
     args.update(kw)
@@ -71,19 +82,38 @@ def test_saved_folder_is_diffusers_layout(saved):
     assert not [p for p in root.iterdir() if p.name.startswith(".model")]  # no temporaries left
 
 
-def test_matches_diffusers_stable_diffusion_pipeline(saved):
+def test_matches_diffusers_stable_diffusion_pipeline(saved, reference):
     """Same weights loaded by diffusers (its own loader), DDIM as SD configures it, same seed: same images."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe, root = saved
-    ref = StableDiffusionPipeline.from_pretrained(str(root / "model"), local_files_only=True, safety_checker=None)
-    ref.set_progress_bar_config(disable=True)
+    pipe, ref = saved[0], reference
+    assert type(ref.scheduler).__name__ == "DDIMScheduler"
     for steps, scale, neg in ((4, 7.5, None), (3, 1.0, None), (5, 4.0, ["blurry", "green"])):
         ours = _run(pipe, num_inference_steps=steps, guidance_scale=scale, negative_prompt=neg)
         theirs = ref(PROMPTS, num_inference_steps=steps, guidance_scale=scale, negative_prompt=neg,
                      generator=torch.Generator().manual_seed(0), output_type="np").images
         assert ours.shape == theirs.shape == (2, 32, 32, 3)
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,scheduler,kw", [
+    ("euler_a", "EulerAncestralDiscreteScheduler", {}),
+    ("ddpm", "DDPMScheduler", {}),
+    ("ddim", "DDIMScheduler", {"eta": 1.0}),
+])
+def test_stochastic_samplers_match_diffusers_schedulers(saved, reference, sampler, scheduler, kw):
+    """Same seed, same noise draws: Euler-a, DDPM (strided) and DDIM eta=1 equal diffusers' schedulers
+    configured as SD ('leading' spacing, steps_offset 1)."""
+    import diffusers
+
+    from lumenkit.t2i.pipeline import SCHEDULER_CONFIG
+
+    pipe = saved[0]
+    cfg = {k: v for k, v in SCHEDULER_CONFIG.items() if not k.startswith("_")}
+    ref = diffusers.StableDiffusionPipeline(**{**reference.components, "scheduler": getattr(diffusers, scheduler).from_config(cfg, timestep_spacing="leading")})
+    ref.set_progress_bar_config(disable=True)
+    ours = _run(pipe, sampler=sampler, num_inference_steps=4, **kw)
+    theirs = ref(PROMPTS, num_inference_steps=4, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
+                 output_type="np", **kw).images
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
 
 
 def test_diffusers_single_file_loader_reads_our_checkpoint(saved):
