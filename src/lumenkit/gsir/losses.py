@@ -78,12 +78,25 @@ class Stage1LossWeights:
 
 
 def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total stage-1 loss and its terms. render_pkg needs render, normal_map, normal_map_from_depth,
-    normal_from_depth_mask (see pipeline.render)."""
+    """Total stage-1 loss and its terms. render_pkg needs render, normal_map (unit), and for the
+    normal terms normal_map_from_depth, normal_from_depth_mask; optional normal_map_raw (the blended,
+    opacity-weighted normals) and opacity_map (see pipeline.render).
+
+    Consistency uses the unit normal map where the depth normal is valid and the rendered opacity is
+    > 0.5 (so normalisation never divides by a near-zero blend); the TV acts on the unit normal map
+    times the (detached) opacity: empty space counts zero, and the TV cannot be lowered by fading
+    Gaussians out (which a TV on the raw blended normals would reward).
+    """
     terms = {"rgb": rgb_loss(render_pkg["render"], gt_image, w.lambda_dssim)}
     if w.lambda_normal > 0:
-        terms["normal"] = normal_consistency_loss(render_pkg["normal_map"], render_pkg["normal_map_from_depth"], render_pkg["normal_from_depth_mask"])
+        mask = render_pkg["normal_from_depth_mask"]
+        if "opacity_map" in render_pkg:
+            mask = mask & (render_pkg["opacity_map"].detach()[0] > 0.5)
+        terms["normal"] = normal_consistency_loss(render_pkg["normal_map"], render_pkg["normal_map_from_depth"], mask)
     if w.lambda_normal_tv > 0:
-        terms["normal_tv"] = edge_aware_tv(render_pkg["normal_map"], gt_image)
+        n = render_pkg["normal_map"]
+        if "opacity_map" in render_pkg:
+            n = n * render_pkg["opacity_map"].detach()
+        terms["normal_tv"] = edge_aware_tv(n, gt_image)
     total = terms["rgb"] + w.lambda_normal * terms.get("normal", 0.0) + w.lambda_normal_tv * terms.get("normal_tv", 0.0)
     return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}

@@ -152,9 +152,11 @@ def training(
     start_checkpoint: str | Path | None = None,
     progress: bool = True,
     log_every: int = 10,
+    max_seconds: float | None = None,
 ) -> dict:
     """Run stage 1 on a SceneData; returns {'iterations', 'seconds', 'its_per_s', 'num_gaussians',
-    'train_psnr' (last 10% mean), 'test': {...} at test iterations}."""
+    'train_psnr' (last 10% mean), 'test': {...} at test iterations}. max_seconds: stop early (and
+    checkpoint) once training has run that long; 'iterations' then says where it stopped."""
     from tqdm import tqdm
 
     from lumenkit.common.seed import make_generator, seed_everything
@@ -223,14 +225,20 @@ def training(
             if it in run.test_iterations and scene.test:
                 test_log[it] = evaluate_views(gaussians, scene.test, bg, device, run.backend)
                 print(f"\n[gsir train] iteration {it}: test PSNR {test_log[it]['psnr']:.2f} dB")
-            if it in ckpts:
+            out_of_time = max_seconds is not None and time.perf_counter() - t0 > max_seconds
+            if it in ckpts or out_of_time:
                 save_checkpoint(model_path / f"chkpnt{it}.pth", gaussians, it, run)
+            if out_of_time:
+                print(f"\n[gsir train] time budget of {max_seconds:.0f} s reached at iteration {it}")
+                break
     bar.close()
+    last_it = it if run.iterations > first_iter else first_iter
     seconds = time.perf_counter() - t0
-    n_its = run.iterations - first_iter
+    n_its = last_it - first_iter
     tail = psnr_hist[-max(1, len(psnr_hist) // 10):] if psnr_hist else [float("nan")]
     return {
-        "iterations": run.iterations,
+        "iterations": last_it,
+        "planned_iterations": run.iterations,
         "seconds": seconds,
         "its_per_s": n_its / max(seconds, 1e-9),
         "num_gaussians": gaussians.num_points,
