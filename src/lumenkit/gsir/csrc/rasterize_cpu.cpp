@@ -27,6 +27,7 @@ constexpr int TILE = 16;
 constexpr double ALPHA_MIN = 1.0 / 255.0;
 constexpr double ALPHA_MAX = 0.99;
 constexpr double T_MIN = 1e-4;
+constexpr int PREFETCH = 8;  // entries ahead
 
 int num_threads() {
 #ifdef _OPENMP
@@ -176,6 +177,11 @@ void forward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, con
     int x0, x1, y0, y1;
     for (int64_t e = beg; e < end && n_done < npix; ++e) {
       const int g = bins.ids[e];  // depth rank
+      if (e + PREFETCH < end) {  // the tile's list is sparse in rank: hide the cache misses
+        const int gn = bins.ids[e + PREFETCH];
+        __builtin_prefetch(&splats[gn]);
+        __builtin_prefetch(ch + (size_t)gn * C);
+      }
       const Splat<scalar_t>& s = splats[g];
       if (!clip_to_tile(s, px0, px1, py0, py1, x0, x1, y0, y1)) continue;
       const scalar_t* cg = ch + (size_t)g * C;
@@ -263,6 +269,11 @@ void backward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, co
     int x0, x1, y0, y1;
     for (int64_t e = beg + max_n - 1; e >= beg; --e) {
       const int g = idp[e];  // depth rank
+      if (e - PREFETCH >= beg) {
+        const int gn = idp[e - PREFETCH];
+        __builtin_prefetch(&splats[gn]);
+        __builtin_prefetch(ch + (size_t)gn * C);
+      }
       const Splat<scalar_t>& s = splats[g];
       if (!clip_to_tile(s, px0, px1, py0, py1, x0, x1, y0, y1)) continue;
       const scalar_t* cg = ch + (size_t)g * C;
