@@ -266,7 +266,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise LumenkitError(f"{path}: no such checkpoint file")
     if path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
         raise LumenkitError(f"{path}: unknown checkpoint type {path.suffix!r} (want .safetensors or .ckpt)")
-    raw = load_state_dict(path)
+    try:
+        raw = load_state_dict(path)
+    except LumenkitError as exc:
+        if path.suffix == ".safetensors":
+            raise
+        raise LumenkitError(
+            f"{exc}; .ckpt files are read with weights_only=True and refused when they pickle Python objects "
+            "other than tensors (e.g. training callbacks): use its .safetensors version"
+        ) from None
     meta: dict[str, str] = {}
     if path.suffix == ".safetensors":
         meta = read_safetensors_metadata(path)
