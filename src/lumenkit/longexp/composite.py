@@ -74,7 +74,8 @@ def robust_merge(ref: np.ndarray, others, ref_small: np.ndarray, others_small: l
         scale = max(float(np.median(d)), 1e-5)
         wgt = np.exp(-((d / (tol * scale)) ** 2)).astype(np.float32)
         wgt = cv2.resize(wgt, (w, h), interpolation=cv2.INTER_LINEAR)
-        num += wgt[..., None] * o
+        np.multiply(o, wgt[..., None], out=o)
+        num += o
         den += wgt
     return num / den[..., None]
 

@@ -74,12 +74,24 @@ _LUT = None
 
 
 def to_linear(img: np.ndarray) -> np.ndarray:
-    """sRGB [0, 1] -> linear via a 16-bit lookup table (exact for 8/16-bit inputs, fast at 12 MP)."""
+    """sRGB [0, 1] (float, or uint16 codes) -> linear float32 via a 16-bit lookup table (exact for
+    8/16-bit inputs, fast at 12 MP)."""
     global _LUT
     if _LUT is None:
         _LUT = srgb_to_linear(np.arange(65536, dtype=np.float32) / 65535.0).astype(np.float32)
-    idx = (np.clip(img, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+    idx = img if img.dtype == np.uint16 else to_u16(img)
     return _LUT[idx]
+
+
+def to_u16(img: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> uint16 codes (cv2.convertScaleAbs-like, saturating)."""
+    return np.clip(img * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
+
+
+def warp_linear(frame: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Full-resolution sRGB frame -> aligned linear float32: warp the 16-bit codes (half the memory
+    traffic of float32), then the lookup table."""
+    return to_linear(warp(to_u16(frame), H))
 
 
 def _scale_h(H: np.ndarray, s: float) -> np.ndarray:
@@ -137,21 +149,14 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
     t2 = time.perf_counter()
     an_aligned = [warp(g, _scale_h(Hf, s_an)) for g, Hf in zip(grays[:n], hs_full)]
     sharp_index = int(np.argmax([comp.sharpness(g) for g in an_aligned]))
-    sharp = to_linear(warp(frames[sharp_index], hs_full[sharp_index]))
+    sharp = warp_linear(frames[sharp_index], hs_full[sharp_index])
     if cfg.merge_sharp and n > 1:
         idx = [i for i in range(n) if i != sharp_index]
         small = [f.permute(1, 2, 0).cpu().numpy() for f in render_frames]
-        others = (to_linear(warp(frames[i], hs_full[i])) for i in idx)
+        others = (warp_linear(frames[i], hs_full[i]) for i in idx)
         sharp = comp.robust_merge(sharp, others, small[sharp_index], [small[i] for i in idx])
     tm["sharp_s"] = time.perf_counter() - t2
     return Prepared(frames, hs_full, al, render_frames, motions, sharp_index, sharp.astype(np.float32), s_an, tm)
-
-
-def _noise_sigma(img: np.ndarray) -> float:
-    """Robust noise estimate (median absolute Laplacian-like residual), linear units."""
-    g = img.mean(-1)
-    res = g - cv2.blur(g, (3, 3))
-    return max(float(np.median(np.abs(res))) * 1.4826 * 1.5, 1e-4)
 
 
 def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> Result:
@@ -209,7 +214,7 @@ def aligned_average(prep: Prepared, gain: float = 1.0) -> np.ndarray:
     """Baseline: mean of the aligned frames in linear light at full resolution. [H, W, 3]"""
     acc = np.zeros_like(prep.sharp)
     for f, Hf in zip(prep.frames, prep.homographies):
-        acc += to_linear(warp(f, Hf))
+        acc += warp_linear(f, Hf)
     return acc / len(prep.frames) * gain
 
 
