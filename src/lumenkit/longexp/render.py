@@ -257,7 +257,9 @@ def render_blur(frames: list[torch.Tensor], motions: list[PairMotion], cfg: Rend
     den = torch.zeros_like(frames[0][:1])
     h, w = frames[0].shape[-2:]
     step = cfg.step if cfg.step is not None else max(1.0, math.hypot(h, w) / 720.0)
-    kw = dict(ramp=cfg.ramp, speed_weight=cfg.speed_weight, step=step, n_max=cfg.n_max)
+    # paths shorter than one sample step keep the pixel (sub-step blur; the compositing keeps such
+    # nearly static pixels sharp anyway) -- also resolution-relative, so the cost stays linear
+    kw = dict(ramp=cfg.ramp, speed_weight=cfg.speed_weight, step=step, n_max=cfg.n_max, min_length=max(0.5, 0.5 * step))
     for k, m in enumerate(motions):
         for img, delta, wmap, i, j in ((imgs[k], m.delta_a, m.weight_a, k, k + 1), (imgs[k + 1], m.delta_b, m.weight_b, k + 1, k)):
             if tangents is None:
