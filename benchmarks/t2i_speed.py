@@ -10,11 +10,12 @@ Seconds per step = (start of VAE decoding - start of the first UNet call) / step
 hooks on the shared modules, so it covers the UNet and each pipeline's per-step sampler/guidance work.
 The whole call (prompt encoding, steps, VAE decoding) is reported too.
 
-    .venv/bin/python benchmarks/t2i_speed.py            # sd15 at 512x512: writes BENCHMARKS.md section t2i-speed
+    .venv/bin/python benchmarks/t2i_speed.py            # sd15 at 512x512 (~10 min on 2 cores): writes the cache
     .venv/bin/python benchmarks/t2i_speed.py --quick    # the small `shapes` preset at 64x64, prints only
 
-`sd15_speed_table()` returns the markdown table (cached from the last full run in
-benchmarks/results/t2i_speed.json unless `recompute=True`), for benchmarks/t2i.py.
+The full run stores its numbers in benchmarks/results/t2i_speed.json; `sd15_speed_table()` turns them
+into the markdown table (unless `recompute=True`), and benchmarks/t2i.py puts that table into the t2i
+section of BENCHMARKS.md (so the heavy timing is not repeated by every `make bench`).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ class StepClock:
 
 
 def time_pair(ours, theirs, *, height: int, width: int, steps: int, scale: float, repeats: int) -> dict:
-    """Interleaved runs (lumenkit, diffusers, ...); best seconds per step and per call of each."""
+    """Interleaved runs (lumenkit, diffusers, diffusers, lumenkit, ...); best seconds per step and per call."""
     clock = StepClock(ours.unet, ours.vae)
 
     def run_ours():
@@ -95,8 +96,9 @@ def time_pair(ours, theirs, *, height: int, width: int, steps: int, scale: float
                generator=torch.Generator().manual_seed(0), output_type="np")
 
     res = {k: {"step": [], "call": [], "overhead": []} for k in ("lumenkit", "diffusers")}
-    for _ in range(repeats):
-        for name, fn in (("lumenkit", run_ours), ("diffusers", run_theirs)):
+    pair = [("lumenkit", run_ours), ("diffusers", run_theirs)]
+    for i in range(repeats):
+        for name, fn in pair if i % 2 == 0 else pair[::-1]:  # ABBA order cancels a drifting load
             clock.reset()
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -118,13 +120,17 @@ def _table(r: dict) -> str:
     from lumenkit.common.bench import markdown_table
 
     lk, df = r["lumenkit"], r["diffusers"]
-    has_oh = "overhead" in lk
-    oh = lambda d: 1e3 * d["overhead"] if has_oh else "n/a"  # noqa: E731
+    has_oh = "overhead" in lk and "overhead" in df
     rows = [
-        ["lumenkit Text2Image (lumenkit.diffusion DDIM)", lk["step"], oh(lk), lk["call"]],
-        ["diffusers StableDiffusionPipeline (DDIMScheduler)", df["step"], oh(df), df["call"]],
-        ["ratio lumenkit / diffusers", lk["step"] / df["step"], lk["overhead"] / df["overhead"] if has_oh else "n/a", lk["call"] / df["call"]],
+        ["lumenkit Text2Image (lumenkit.diffusion DDIM)", lk["step"], lk["call"]],
+        ["diffusers StableDiffusionPipeline (DDIMScheduler)", df["step"], df["call"]],
+        ["ratio lumenkit / diffusers", lk["step"] / df["step"], lk["call"] / df["call"]],
     ]
+    cols = ["pipeline", "s / step", "s / call (encode + steps + decode)"]
+    if has_oh:  # runs before this column existed lack it
+        for row, v in zip(rows, (1e3 * lk["overhead"], 1e3 * df["overhead"], lk["overhead"] / df["overhead"])):
+            row.insert(2, v)
+        cols.insert(2, "ms / step outside the UNet (sampler + guidance)")
     head = (f"{r['preset']} architecture (random weights, same modules in both), txt2img {r['width']}x{r['height']}, "
             f"{r['steps']} DDIM steps, CFG {r['scale']}, batch 1, fp32 on {r['device']}; best of {lk['runs']} interleaved runs "
             f"each ({r['threads']} torch threads). Target: ratio <= 1.0.")
@@ -132,7 +138,6 @@ def _table(r: dict) -> str:
         allv = lk["all_steps"] + df["all_steps"]
         head += (f" Both pipelines call the same UNet module, so only the work outside the UNet differs; the "
                  f"spread of s / step over all runs ({min(allv):.3f} to {max(allv):.3f}) is the noise of this shared machine.")
-    cols = ["pipeline", "s / step", "ms / step outside the UNet (sampler + guidance)", "s / call (encode + steps + decode)"]
     return head + "\n\n" + markdown_table(cols, rows, floatfmt="{:.3f}")
 
 
@@ -141,11 +146,11 @@ def measure(preset: str = "sd15", height: int = 512, width: int = 512, steps: in
     t0 = time.perf_counter()
     ours, theirs = build_pair(preset)
     build_s = time.perf_counter() - t0
-    print(f"built {preset} in {build_s:.1f} s; warm-up at the smallest size", flush=True)
-    m = ours.size_multiple
-    for pipe in (lambda: ours(PROMPT, num_inference_steps=1, height=m, width=m, progress=False),
-                 lambda: theirs(PROMPT, num_inference_steps=1, height=m, width=m, output_type="np")):
-        pipe()
+    print(f"built {preset} in {build_s:.1f} s; warm-up at {width}x{height} (1 step each, one VAE decode)", flush=True)
+    # oneDNN builds its kernels per input shape on first use: warm up at the timed size, not smaller
+    ours(PROMPT, num_inference_steps=1, height=height, width=width, output_type="latent", progress=False)
+    z = theirs(PROMPT, num_inference_steps=1, height=height, width=width, output_type="latent").images
+    ours.decode_latents(z)
     r = time_pair(ours, theirs, height=height, width=width, steps=steps, scale=scale, repeats=repeats)
     r.update(preset=preset, height=height, width=width, steps=steps, scale=scale, device="cpu",
              threads=torch.get_num_threads(), build_seconds=build_s)
@@ -156,7 +161,11 @@ def sd15_speed_table(recompute: bool = False, **kw) -> str:
     """Markdown table of the sd15 timing; from the cache of the last full run unless `recompute`."""
     if not recompute and not kw and CACHE.is_file():
         r = json.loads(CACHE.read_text())
-        return _table(r) + f"\n\n_Measured {r.get('written', '?')} by `benchmarks/t2i_speed.py`._"
+        note = f"\n\n_Measured {r.get('written', '?')} by `benchmarks/t2i_speed.py`"
+        if "load_average" in r:
+            note += (f"; load average {r['load_average'][0]:.1f} on {os.cpu_count()} cores at the end (the machine was "
+                     "shared, absolute times are noisy; the two pipelines ran interleaved under the same load)")
+        return _table(r) + note + "._"
     return _table(measure(**kw))
 
 
@@ -172,17 +181,13 @@ def main(argv=None) -> int:
     r = measure("sd15", 512, 512, 2, 7.5, repeats=args.repeats)
     from datetime import datetime, timezone
 
-    from lumenkit.common.bench import write_section
     from lumenkit.common.fileio import atomic_write_json
 
     r["written"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     r["load_average"] = os.getloadavg()
     atomic_write_json(CACHE, r)
-    md = _table(r)
-    md += (f"\n\nThe machine is shared: load average at the end of the run {r['load_average'][0]:.1f} on "
-           f"{os.cpu_count()} cores, so absolute times are noisy; the ratio compares interleaved runs.")
-    print(md)
-    write_section("t2i-speed", md, title="t2i: Stable Diffusion 1.5 sampling speed, lumenkit vs diffusers")
+    print(sd15_speed_table())
+    print(f"wrote {CACHE} (benchmarks/t2i.py puts this table into BENCHMARKS.md)")
     return 0
 
 
