@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +296,8 @@ def load_extension():
         csrc = Path(__file__).parent / "csrc"
         # rasterize_cpu.cpp #includes the other sources: hash them all so any edit triggers a rebuild
         digest = hashlib.sha1(b"".join(f.read_bytes() for f in sorted(csrc.glob("*.cpp")))).hexdigest()[:12]
+        if not any(build_dir.glob("lumenkit_gsir_cpu*.so")):
+            print(f"lumenkit.gsir: building the C++ rasterizer in {build_dir} (first use, about a minute)", file=sys.stderr)
         _EXT = load(
             name="lumenkit_gsir_cpu",
             sources=[str(csrc / "rasterize_cpu.cpp")],

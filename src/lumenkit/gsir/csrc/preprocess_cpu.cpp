@@ -3,7 +3,8 @@
 // (3DGS preprocessCUDA / computeCov2D / computeCov3D / computeColorFromSH), one pass over the
 // Gaussians instead of ~150 small torch ops; the torch versions are the reference in the tests.
 // Included by rasterize_cpu.cpp (one extension module).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -274,9 +275,9 @@ void backward_impl(const Cam& cam, const T* means, const T* quats, const T* scal
   }
 }
 
-Cam make_cam(const torch::Tensor& viewmat, const torch::Tensor& K, int64_t W, int64_t H, double near, double far) {
-  auto V = viewmat.to(torch::kFloat64).contiguous();
-  auto Kd = K.to(torch::kFloat64).contiguous();
+Cam make_cam(const at::Tensor& viewmat, const at::Tensor& K, int64_t W, int64_t H, double near, double far) {
+  auto V = viewmat.to(at::kDouble).contiguous();
+  auto Kd = K.to(at::kDouble).contiguous();
   const double* v = V.data_ptr<double>();
   const double* k = Kd.data_ptr<double>();
   Cam c;
@@ -295,9 +296,9 @@ Cam make_cam(const torch::Tensor& viewmat, const torch::Tensor& K, int64_t W, in
 }  // namespace preprocess
 
 // Returns [means2d [N,2], conics [N,3], depths [N], radii [N] int32, rects [N,4] int32, colors [N,3] (empty without sh)]
-std::vector<torch::Tensor> preprocess_forward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
-                                              torch::Tensor sh, int64_t degree, torch::Tensor campos,
-                                              torch::Tensor viewmat, torch::Tensor K, int64_t W, int64_t H,
+std::vector<at::Tensor> preprocess_forward(at::Tensor means, at::Tensor quats, at::Tensor scales,
+                                              at::Tensor sh, int64_t degree, at::Tensor campos,
+                                              at::Tensor viewmat, at::Tensor K, int64_t W, int64_t H,
                                               double near, double far) {
   TORCH_CHECK(means.device().is_cpu() && means.is_contiguous() && quats.is_contiguous() && scales.is_contiguous(),
               "preprocess: contiguous CPU tensors expected");
@@ -308,9 +309,9 @@ std::vector<torch::Tensor> preprocess_forward(torch::Tensor means, torch::Tensor
               "preprocess: bad sh / degree");
   auto c = preprocess::make_cam(viewmat, K, W, H, near, far);
   auto opt = means.options();
-  auto means2d = torch::empty({N, 2}, opt), conics = torch::empty({N, 3}, opt), depths = torch::empty({N}, opt);
-  auto radii = torch::empty({N}, opt.dtype(torch::kInt32)), rects = torch::empty({N, 4}, opt.dtype(torch::kInt32));
-  auto colors = has_sh ? torch::empty({N, 3}, opt) : torch::empty({0}, opt);
+  auto means2d = at::empty({N, 2}, opt), conics = at::empty({N, 3}, opt), depths = at::empty({N}, opt);
+  auto radii = at::empty({N}, opt.dtype(at::kInt)), rects = at::empty({N, 4}, opt.dtype(at::kInt));
+  auto colors = has_sh ? at::empty({N, 3}, opt) : at::empty({0}, opt);
   auto cp = campos.to(means.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "preprocess_forward", [&] {
     preprocess::forward_impl<scalar_t>(c, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(),
@@ -324,17 +325,17 @@ std::vector<torch::Tensor> preprocess_forward(torch::Tensor means, torch::Tensor
 }
 
 // Returns [d_means [N,3], d_quats [N,4], d_scales [N,3], d_sh (like sh)]
-std::vector<torch::Tensor> preprocess_backward(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
-                                               torch::Tensor sh, int64_t degree, torch::Tensor campos,
-                                               torch::Tensor viewmat, torch::Tensor K, int64_t W, int64_t H,
-                                               double near, double far, torch::Tensor radii, torch::Tensor g_m2d,
-                                               torch::Tensor g_con, torch::Tensor g_dep, torch::Tensor g_col) {
+std::vector<at::Tensor> preprocess_backward(at::Tensor means, at::Tensor quats, at::Tensor scales,
+                                               at::Tensor sh, int64_t degree, at::Tensor campos,
+                                               at::Tensor viewmat, at::Tensor K, int64_t W, int64_t H,
+                                               double near, double far, at::Tensor radii, at::Tensor g_m2d,
+                                               at::Tensor g_con, at::Tensor g_dep, at::Tensor g_col) {
   const int64_t N = means.size(0);
   const bool has_sh = sh.numel() > 0;
   auto c = preprocess::make_cam(viewmat, K, W, H, near, far);
   // every element is written by the kernel (zeros for culled Gaussians / unused SH rows)
-  auto d_means = torch::empty_like(means), d_quats = torch::empty_like(quats), d_scales = torch::empty_like(scales);
-  auto d_sh = torch::empty_like(sh);
+  auto d_means = at::empty_like(means), d_quats = at::empty_like(quats), d_scales = at::empty_like(scales);
+  auto d_sh = at::empty_like(sh);
   auto cp = campos.to(means.scalar_type()).contiguous();
   g_m2d = g_m2d.contiguous(); g_con = g_con.contiguous(); g_dep = g_dep.contiguous();
   if (has_sh) g_col = g_col.contiguous();

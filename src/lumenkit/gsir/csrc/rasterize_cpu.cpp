@@ -11,7 +11,11 @@
 // Gaussian costs only the pixels it can touch. Tiles run in parallel (OpenMP). Backward walks each
 // tile's list back to front, reconstructing T by division as 3DGS, writes per-(tile, Gaussian) entry
 // gradients without races, and the caller reduces them per Gaussian with index_add.
-#include <torch/extension.h>
+// ATen + torch's pybind11 casters only: torch/extension.h would pull in the whole C++ frontend and
+// double the build time of this extension.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <cmath>
@@ -44,7 +48,7 @@ struct Binning {
   std::vector<int64_t> by_gauss;  // [L] entry positions grouped by Gaussian (for the gradient reduction)
 };
 
-Binning bin_gaussians(const torch::Tensor& order, const torch::Tensor& rects, int gx, int gy) {
+Binning bin_gaussians(const at::Tensor& order, const at::Tensor& rects, int gx, int gy) {
   const int64_t M = order.size(0);
   const int64_t* ord = order.data_ptr<int64_t>();
   const int32_t* rc = rects.data_ptr<int32_t>();
@@ -143,10 +147,10 @@ inline bool eval_alpha(const Splat<scalar_t>& s, scalar_t px, scalar_t py, scala
 }
 
 template <typename scalar_t>
-void forward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, const torch::Tensor& opac,
-                  const torch::Tensor& channels, const torch::Tensor& order, const Binning& bins, int W, int H,
-                  torch::Tensor& out,
-                  torch::Tensor& final_T, torch::Tensor& n_contrib, torch::Tensor& argmax, bool want_argmax) {
+void forward_impl(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac,
+                  const at::Tensor& channels, const at::Tensor& order, const Binning& bins, int W, int H,
+                  at::Tensor& out,
+                  at::Tensor& final_T, at::Tensor& n_contrib, at::Tensor& argmax, bool want_argmax) {
   const int C = (int)channels.size(1);
   const int gx = (W + TILE - 1) / TILE, gy = (H + TILE - 1) / TILE;
   const scalar_t* m2d = means2d.data_ptr<scalar_t>();
@@ -223,11 +227,11 @@ void forward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, con
 }
 
 template <typename scalar_t>
-void backward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, const torch::Tensor& opac,
-                   const torch::Tensor& channels, const torch::Tensor& order, const torch::Tensor& offsets,
-                   const torch::Tensor& ids, int W, int H,
-                   const torch::Tensor& final_T, const torch::Tensor& n_contrib, const torch::Tensor& grad_out,
-                   torch::Tensor& entry_grad) {
+void backward_impl(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac,
+                   const at::Tensor& channels, const at::Tensor& order, const at::Tensor& offsets,
+                   const at::Tensor& ids, int W, int H,
+                   const at::Tensor& final_T, const at::Tensor& n_contrib, const at::Tensor& grad_out,
+                   at::Tensor& entry_grad) {
   const int C = (int)channels.size(1);
   const int G6 = 6 + C;  // [dmx, dmy, da, db, dc, do, dch...]
   const int gx = (W + TILE - 1) / TILE, gy = (H + TILE - 1) / TILE;
@@ -320,8 +324,8 @@ void backward_impl(const torch::Tensor& means2d, const torch::Tensor& conics, co
 
 // Sum the per-(tile, Gaussian) entry gradients per Gaussian: parallel over Gaussians, no races.
 template <typename scalar_t>
-void reduce_entries(const torch::Tensor& entry_grad, torch::Tensor& g, const torch::Tensor& order,
-                    const torch::Tensor& gstart, const torch::Tensor& by_gauss) {
+void reduce_entries(const at::Tensor& entry_grad, at::Tensor& g, const at::Tensor& order,
+                    const at::Tensor& gstart, const at::Tensor& by_gauss) {
   const int G6 = (int)entry_grad.size(1);
   const int64_t M = order.size(0);
   const scalar_t* eg = entry_grad.data_ptr<scalar_t>();
@@ -339,8 +343,8 @@ void reduce_entries(const torch::Tensor& entry_grad, torch::Tensor& g, const tor
   }
 }
 
-void check_inputs(const torch::Tensor& means2d, const torch::Tensor& conics, const torch::Tensor& opac,
-                  const torch::Tensor& channels) {
+void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac,
+                  const at::Tensor& channels) {
   TORCH_CHECK(means2d.device().is_cpu(), "cpu rasterizer: tensors must be on the CPU");
   TORCH_CHECK(means2d.is_contiguous() && conics.is_contiguous() && opac.is_contiguous() && channels.is_contiguous(),
               "cpu rasterizer: inputs must be contiguous");
@@ -353,45 +357,45 @@ void check_inputs(const torch::Tensor& means2d, const torch::Tensor& conics, con
 
 // Returns [out [C,H,W], final_T [H,W], n_contrib [H,W] int32, argmax [H,W] int64, offsets [T+1] int64, ids [L] int32,
 //          gstart [M+1] int64, by_gauss [L] int64]
-std::vector<torch::Tensor> blend_forward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opac,
-                                         torch::Tensor channels, torch::Tensor order, torch::Tensor rects, int64_t W,
+std::vector<at::Tensor> blend_forward(at::Tensor means2d, at::Tensor conics, at::Tensor opac,
+                                         at::Tensor channels, at::Tensor order, at::Tensor rects, int64_t W,
                                          int64_t H, bool want_argmax) {
   check_inputs(means2d, conics, opac, channels);
-  order = order.to(torch::kInt64).contiguous();
-  rects = rects.to(torch::kInt32).contiguous();
+  order = order.to(at::kLong).contiguous();
+  rects = rects.to(at::kInt).contiguous();
   const int gx = (int)((W + TILE - 1) / TILE), gy = (int)((H + TILE - 1) / TILE);
   Binning bins = bin_gaussians(order, rects, gx, gy);
   const int64_t C = channels.size(1);
   auto fopt = means2d.options();
-  auto out = torch::zeros({C, H, W}, fopt);
-  auto final_T = torch::ones({H, W}, fopt);
-  auto n_contrib = torch::zeros({H, W}, fopt.dtype(torch::kInt32));
-  auto argmax = torch::full({H, W}, -1, fopt.dtype(torch::kInt64));
+  auto out = at::zeros({C, H, W}, fopt);
+  auto final_T = at::ones({H, W}, fopt);
+  auto n_contrib = at::zeros({H, W}, fopt.dtype(at::kInt));
+  auto argmax = at::full({H, W}, -1, fopt.dtype(at::kLong));
   auto chs = channels.index_select(0, order).contiguous();  // channels by depth rank
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "blend_forward", [&] {
     forward_impl<scalar_t>(means2d, conics, opac, chs, order, bins, (int)W, (int)H, out, final_T, n_contrib, argmax,
                            want_argmax);
   });
-  auto offsets = torch::from_blob(bins.offsets.data(), {(int64_t)bins.offsets.size()}, torch::kInt64).clone();
-  auto ids = torch::from_blob(bins.ids.data(), {(int64_t)bins.ids.size()}, torch::kInt32).clone();
-  auto gstart = torch::from_blob(bins.gstart.data(), {(int64_t)bins.gstart.size()}, torch::kInt64).clone();
-  auto by_gauss = torch::from_blob(bins.by_gauss.data(), {(int64_t)bins.by_gauss.size()}, torch::kInt64).clone();
+  auto offsets = at::from_blob(bins.offsets.data(), {(int64_t)bins.offsets.size()}, at::kLong).clone();
+  auto ids = at::from_blob(bins.ids.data(), {(int64_t)bins.ids.size()}, at::kInt).clone();
+  auto gstart = at::from_blob(bins.gstart.data(), {(int64_t)bins.gstart.size()}, at::kLong).clone();
+  auto by_gauss = at::from_blob(bins.by_gauss.data(), {(int64_t)bins.by_gauss.size()}, at::kLong).clone();
   return {out, final_T, n_contrib, argmax, offsets, ids, gstart, by_gauss};
 }
 
 // Returns [grad_means2d [N,2], grad_conics [N,3], grad_opac [N], grad_channels [N,C]]
-std::vector<torch::Tensor> blend_backward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opac,
-                                          torch::Tensor channels, torch::Tensor offsets, torch::Tensor ids, int64_t W,
-                                          int64_t H, torch::Tensor final_T, torch::Tensor n_contrib,
-                                          torch::Tensor grad_out, torch::Tensor order, torch::Tensor gstart,
-                                          torch::Tensor by_gauss) {
+std::vector<at::Tensor> blend_backward(at::Tensor means2d, at::Tensor conics, at::Tensor opac,
+                                          at::Tensor channels, at::Tensor offsets, at::Tensor ids, int64_t W,
+                                          int64_t H, at::Tensor final_T, at::Tensor n_contrib,
+                                          at::Tensor grad_out, at::Tensor order, at::Tensor gstart,
+                                          at::Tensor by_gauss) {
   check_inputs(means2d, conics, opac, channels);
   grad_out = grad_out.to(means2d.scalar_type()).contiguous();
-  order = order.to(torch::kInt64).contiguous();
+  order = order.to(at::kLong).contiguous();
   const int64_t N = means2d.size(0), C = channels.size(1), L = ids.size(0), M = order.size(0);
   const int G6 = (int)(6 + C);
-  auto entry_grad = torch::empty({L, G6}, means2d.options());
-  auto g = torch::zeros({N, G6}, means2d.options());
+  auto entry_grad = at::empty({L, G6}, means2d.options());
+  auto g = at::zeros({N, G6}, means2d.options());
   auto chs = channels.index_select(0, order).contiguous();  // channels by depth rank
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "blend_backward", [&] {
     backward_impl<scalar_t>(means2d, conics, opac, chs, order, offsets, ids, (int)W, (int)H, final_T, n_contrib,
