@@ -193,7 +193,7 @@ def cmd_eval(args) -> int:
 
 # ============================================================================================ demo
 def demo_section(outdir: Path, device) -> str:
-    """Small scene (64 px, 24 train / 4 test views), a few hundred stage-1 iterations; GT vs render vs normals."""
+    """Small scene (64 px, 16 train / 3 test views), 250 stage-1 iterations; GT vs render vs normals."""
     import numpy as np
     import torch
 
@@ -206,9 +206,9 @@ def demo_section(outdir: Path, device) -> str:
     outdir = Path(outdir)
     data = outdir / "scene"
     if not (data / "transforms_test.json").is_file():
-        synthesize_scene(data, SynthConfig(resolution=64, n_train=24, n_test=4, spp=32, relight_envmaps=()), progress=False)
+        synthesize_scene(data, SynthConfig(resolution=64, n_train=16, n_test=3, spp=16, relight_envmaps=()), progress=False)
     scene = read_scene(data)
-    cfg = Stage1Config(iterations=400, num_points=4000)
+    cfg = Stage1Config(iterations=250, num_points=3000)
     res = training(scene, outdir / "model", cfg, device, progress=False)
     g = res["gaussians"]
     bg = torch.tensor(scene.background, device=device)
