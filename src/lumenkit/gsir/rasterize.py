@@ -430,18 +430,22 @@ _BLENDERS = {"reference": blend_reference, "cpu": _blend_cpu}
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> 'cuda' (GPU tensors and gsplat importable) / 'cpu' (extension builds) / 'reference'."""
+    """'auto' -> 'cuda' for GPU tensors (gsplat required), else 'cpu' (the C++ extension; 'reference'
+    with a warning if it cannot be built)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    if device.type == "cuda":
+    if device.type != "cpu":
         try:
             import gsplat  # noqa: F401
 
             return "cuda"
-        except ImportError:
-            pass
+        except ImportError as exc:
+            raise RuntimeError(
+                f"rasterize: tensors are on {device} but gsplat is not installed (pip install 'lumenkit[cuda]'); "
+                "install it or render on the CPU (--device cpu)"
+            ) from exc
     try:
         load_extension()
         return "cpu"
