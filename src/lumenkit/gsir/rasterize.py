@@ -13,16 +13,20 @@ One public function, `rasterize`, in the spirit of gsplat's `rasterization`: Gau
    with ``alpha < 1/255`` are skipped, weight = ``alpha * T``, and a pixel stops before the Gaussian
    that would bring its transmittance ``T`` below ``1e-4``.
 
-Backends (all share steps 1-2, so they differ only in the blending):
+Backends (steps 1-2 are the same maths everywhere; they differ in who computes them and the blending):
 - ``"reference"``: plain torch, dense [N, H*W] with a cumprod over depth; small and obviously correct,
   gradients by autograd (any dtype, float64 gradcheck). Only for small scenes.
-- ``"cpu"``: the compiled C++/OpenMP extension in ``csrc/`` (3DGS forward and backward, float32 and
-  float64), built on first use by `torch.utils.cpp_extension.load` and cached under
-  ``$LUMENKIT_EXT_DIR`` (default ``~/.cache/lumenkit/torch_extensions``).
+- ``"cpu"``: compiled C++/OpenMP extension in ``csrc/``: steps 1-2 fused (``preprocess_cpu.cpp``,
+  checked against the torch functions) and the 3DGS-style tile blending, forward and backward
+  (``rasterize_cpu.cpp``), float32 and float64. Built on first use by `torch.utils.cpp_extension.load`
+  (about a minute) and cached under ``$LUMENKIT_EXT_DIR`` (default
+  ``~/.cache/lumenkit/torch_extensions``). Threads: ``torch.set_num_threads``. On a machine shared
+  with other jobs, start Python with ``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP threads otherwise
+  make 2 threads several times slower than 1).
 - ``"cuda"``: gsplat's tile intersection + ``rasterize_to_pixels`` on our projected Gaussians with all
   attributes as extra channels (optional extra ``lumenkit[cuda]``).
-- ``"auto"``: cuda when the tensors are on a GPU and gsplat imports, else cpu (reference if the
-  extension cannot be built, with a warning).
+- ``"auto"``: cuda for GPU tensors (gsplat required), else cpu (reference, with a warning, if the
+  extension cannot be built).
 
 Conventions: OpenCV camera (x right, y down, z forward), ``viewmat`` world->camera; pixel (row i,
 column j) has its centre at continuous image coordinate (j + 0.5, i + 0.5), the coordinates ``K``
