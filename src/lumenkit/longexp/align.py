@@ -113,6 +113,31 @@ def _subject_points(tracks: np.ndarray) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------------------------------- tracking
+def lk_fb(g0: np.ndarray, g1: np.ndarray, pts: np.ndarray, fb_thresh: float, win: int = 21, levels=(4, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """Pyramidal LK g0 -> g1 for pts [n, 1, 2] with a forward-backward check, trying each pyramid
+    depth in `levels` for the points still failing (deep pyramids follow large motion but let a
+    fast background drag a slow subject's coarse-level estimate; shallow ones do the opposite).
+    Returns (positions [n, 2], ok [n] bool)."""
+    out = np.full((len(pts), 2), np.nan, np.float32)
+    ok = np.zeros(len(pts), bool)
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
+    h, w = g0.shape
+    for lv in levels:
+        todo = np.flatnonzero(~ok)
+        if len(todo) == 0:
+            break
+        p = pts[todo]
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(g0, g1, p, None, winSize=(win, win), maxLevel=lv, criteria=crit)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(g1, g0, nxt, None, winSize=(win, win), maxLevel=lv, criteria=crit)
+        fb = np.linalg.norm((back - p).reshape(-1, 2), axis=1)
+        q = nxt.reshape(-1, 2)
+        inside = (q[:, 0] >= 0) & (q[:, 0] < w) & (q[:, 1] >= 0) & (q[:, 1] < h)
+        good = (st.ravel() == 1) & (st2.ravel() == 1) & (fb < fb_thresh) & inside
+        out[todo[good]] = q[good]
+        ok[todo[good]] = True
+    return out, ok
+
+
 def track_klt(grays: list[np.ndarray], max_corners: int = 1000, fb_thresh: float = 1.0, quality: float = 0.005) -> np.ndarray:
     """KLT tracks (goodFeaturesToTrack + calcOpticalFlowPyrLK) chained frame to frame.
 
@@ -128,18 +153,13 @@ def track_klt(grays: list[np.ndarray], max_corners: int = 1000, fb_thresh: float
     tracks = np.full((n, f, 2), np.nan, np.float32)
     tracks[:, 0] = p0.reshape(-1, 2)
     alive = np.ones(n, bool)
-    lk = dict(winSize=(21, 21), maxLevel=4, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     for i in range(1, f):
         idx = np.flatnonzero(alive)
         if len(idx) == 0:
             break
         prev = tracks[idx, i - 1].reshape(-1, 1, 2)
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(grays[i - 1], grays[i], prev, None, **lk)
-        back, st2, _ = cv2.calcOpticalFlowPyrLK(grays[i], grays[i - 1], nxt, None, **lk)
-        fb = np.linalg.norm((back - prev).reshape(-1, 2), axis=1)
-        inside = (nxt[:, 0, 0] >= 0) & (nxt[:, 0, 0] < w) & (nxt[:, 0, 1] >= 0) & (nxt[:, 0, 1] < h)
-        good = (st.ravel() == 1) & (st2.ravel() == 1) & (fb < fb_thresh) & inside
-        tracks[idx[good], i] = nxt.reshape(-1, 2)[good]
+        nxt, good = lk_fb(grays[i - 1], grays[i], prev, fb_thresh)
+        tracks[idx[good], i] = nxt[good]
         alive[idx[~good]] = False
     return tracks
 
@@ -150,13 +170,10 @@ def track_direct(grays: list[np.ndarray], pts: np.ndarray, fb_thresh: float = 1.
     n, f = len(pts), len(grays)
     out = np.full((n, f, 2), np.nan, np.float32)
     out[:, 0] = pts
-    lk = dict(winSize=(win, win), maxLevel=5, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     p0 = pts.reshape(-1, 1, 2).astype(np.float32)
     for i in range(1, f):
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(grays[0], grays[i], p0, None, **lk)
-        back, st2, _ = cv2.calcOpticalFlowPyrLK(grays[i], grays[0], nxt, None, **lk)
-        good = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm((back - p0).reshape(-1, 2), axis=1) < fb_thresh)
-        out[good, i] = nxt.reshape(-1, 2)[good]
+        nxt, good = lk_fb(grays[0], grays[i], p0, fb_thresh, win=win, levels=(5, 2))
+        out[good, i] = nxt[good]
     return out
 
 

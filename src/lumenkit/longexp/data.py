@@ -154,8 +154,11 @@ def _eval_signal(sig: dict, t: float) -> float:
     return float(sum(a * np.sin(2 * np.pi * f * t + p) for a, f, p in zip(sig["amp"], sig["freq"], sig["phase"])))
 
 
-def _camera_matrix(cfg: SynthConfig, prm: dict, t: float, shake_t: float) -> np.ndarray:
-    """2x3 affine world -> image at time t (pan path at t, shake at time shake_t)."""
+def _camera_matrix(cfg: SynthConfig, prm: dict, t: float, shake_t: float, follow: bool = False) -> np.ndarray:
+    """2x3 affine world -> image at time t (pan path at t, shake at time shake_t).
+
+    follow: the ideal panning camera of the truth also follows the subject's wobble exactly (the
+    subject stays where it is in the base frame)."""
     pan = prm["pan_speed"] * t
     dx = _eval_signal(prm["shake_x"], shake_t)
     dy = _eval_signal(prm["shake_y"], shake_t)
@@ -164,6 +167,10 @@ def _camera_matrix(cfg: SynthConfig, prm: dict, t: float, shake_t: float) -> np.
     m = cv2.getRotationMatrix2D((cx + prm["margin"] + pan, cy + prm["margin"]), ang, 1.0)
     m[0, 2] += -prm["margin"] - pan + dx
     m[1, 2] += -prm["margin"] + dy
+    if follow and prm["pan_speed"] > 0 and prm["objects"]:
+        o = prm["objects"][0]
+        m[0, 2] -= o["wob"] * (np.sin(o["wf"] * t + o["wp"]) - np.sin(o["wp"]))
+        m[1, 2] -= o["wob"] * (np.cos(o["wf"] * t + o["wp"]) - np.cos(o["wp"]))
     return m
 
 
@@ -260,9 +267,9 @@ def _draw_objects(img: np.ndarray, cover: np.ndarray, prm: dict, cam: np.ndarray
         cover[y0:y1, x0:x1] = np.maximum(cover[y0:y1, x0:x1], alpha[..., 0])
 
 
-def _render(cfg: SynthConfig, prm: dict, world: np.ndarray, water_tex: np.ndarray | None, t: float, shake_t: float, with_objects: bool = True):
+def _render(cfg: SynthConfig, prm: dict, world: np.ndarray, water_tex: np.ndarray | None, t: float, shake_t: float, with_objects: bool = True, follow: bool = False):
     """One sub-frame in linear radiance [H, W, 3] and its moving-content coverage [H, W]."""
-    cam = _camera_matrix(cfg, prm, t, shake_t)
+    cam = _camera_matrix(cfg, prm, t, shake_t, follow)
     wimg = world
     cover = np.zeros((cfg.height, cfg.width), np.float32)
     if water_tex is not None and with_objects:
@@ -305,7 +312,7 @@ def synthesize(cfg: SynthConfig) -> SynthBurst:
     frames = []
     for j in range(n_sub):
         t = j / cfg.subframes
-        truth_img, c = _render(cfg, prm, world, water_tex, t, shake_t=0.0)
+        truth_img, c = _render(cfg, prm, world, water_tex, t, shake_t=0.0, follow=True)
         acc += truth_img
         cov = np.maximum(cov, c)
         if j % cfg.subframes == 0:
