@@ -35,9 +35,9 @@ def test_evaluate_runs_on_a_tiny_model(tmp_path):
 
     cfgs = {
         "clip": T.ClipConfig(steps=2, batch_size=8, preset="tiny"),
-        "vae": T.VaeConfig(steps=2, batch_size=4, preset="tiny"),
+        "vae": T.VaeConfig(steps=2, batch_size=4, preset="tiny", eval_images=8),
         "unet": T.UnetConfig(steps=2, batch_size=4, preset="tiny", n_latents=16),
-        "oracle": T.OracleConfig(steps=2, batch_size=8),
+        "oracle": T.OracleConfig(steps=2, batch_size=8, eval_images=16),
     }
     model = T.run_all(tmp_path / "w", tmp_path / "m", cfgs, progress=False)
     cfg = E.EvalConfig(n_prompts=2, samplers=(("ddim", 2), ("euler_a", 2)), scales=(1.0, 3.0), n_real=50)

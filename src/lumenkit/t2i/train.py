@@ -98,6 +98,7 @@ class VaeConfig(StageConfig):
     warmup_steps: int = 50
     crop: int = 32  # train on random crops of this size (the VAE is convolutional; 0 = whole 64x64 images)
     decoder_only: bool = False  # fine-tune only the decoder of out/vae (latents unchanged, as SD's ft-MSE VAE)
+    eval_images: int = 256  # fresh images for the final PSNR and the latent std (scaling_factor)
 
 
 @dataclass
@@ -120,6 +121,7 @@ class OracleConfig(StageConfig):
     lr: float = 2e-3
     warmup_steps: int = 50
     amp: bool = False
+    eval_images: int = 2000  # fresh images for the final held-out accuracy
 
 
 STAGE_CONFIGS = {"clip": ClipConfig, "vae": VaeConfig, "unet": UnetConfig, "oracle": OracleConfig}
@@ -211,7 +213,7 @@ def train_loop(
         betas=(0.9, 0.999),
     )
     ckpt_path = folder / "checkpoint.pt"
-    start, prev_seconds, prev_images = 0, 0.0, 0
+    start, prev_seconds, prev_images, prev_loss = 0, 0.0, 0, float("nan")
     state = load_checkpoint(ckpt_path)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -219,20 +221,22 @@ def train_loop(
         if ema is not None and "ema" in state:
             ema.load_state_dict(state["ema"])
         start, prev_seconds, prev_images = int(state["step"]), float(state["seconds"]), int(state["images"])
+        prev_loss = float(state.get("loss", float("nan")))
         print(f"[{name}] resumed from {ckpt_path} at step {start}", flush=True)
     elif ema is not None:
         ema.load_state_dict(model.state_dict())
     write_stage_config(folder, cfg)
 
     def checkpoint(step: int, seconds: float, images: int) -> None:
-        st = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds, "images": images}
+        st = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds, "images": images,
+              "loss": loss_ema if loss_ema is not None else prev_loss}
         if ema is not None:
             st["ema"] = ema.state_dict()
         save_checkpoint(ckpt_path, st)
 
     model.train()
     t0 = time.perf_counter()
-    loss_ema, last_loss, step = None, float("nan"), start
+    loss_ema, step = None, start
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=name, disable=not progress, mininterval=5.0)
     for step in bar:
         for g in opt.param_groups:
@@ -266,7 +270,9 @@ def train_loop(
     bar.close()
     seconds = time.perf_counter() - t0
     done = step + 1 - start if cfg.steps > start else 0
-    return LoopResult(start + done, prev_seconds + seconds, prev_images + done * cfg.batch_size, loss_ema if loss_ema is not None else last_loss)
+    if done == 0:  # nothing left to do: report the finished run, not this no-op pass
+        return LoopResult(start, prev_seconds, prev_images, prev_loss)
+    return LoopResult(start + done, prev_seconds + seconds, prev_images + done * cfg.batch_size, loss_ema)
 
 
 def _stage_summary(name: str, res: LoopResult, cfg: StageConfig) -> dict:
@@ -402,7 +408,7 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
     vae.eval()
     # scaling factor: 1 / std of posterior samples, as in SD (0.18215 for their VAE)
     with torch.no_grad():
-        b = D.make_batch(np.random.default_rng(cfg.seed + 777), 256, "all")
+        b = D.make_batch(np.random.default_rng(cfg.seed + 777), cfg.eval_images, "all")
         post = vae.encode(b.images.to(device)).latent_dist
         z = post.sample(generator=torch.Generator(device=device).manual_seed(0))
         std = float(z.std())
@@ -533,7 +539,7 @@ def run_oracle(out: str | Path, cfg: OracleConfig | None = None, device: str | t
     res = train_loop("oracle", out / "oracle_train", cfg, model, step_fn, progress=progress)
     model.eval()
     model.save(out / "oracle")
-    acc = heldout_accuracy(model, n=2000, seed=cfg.seed + 31337, device=device)
+    acc = heldout_accuracy(model, n=cfg.eval_images, seed=cfg.seed + 31337, device=device)
     summary = _stage_summary("oracle", res, cfg)
     summary["heldout_accuracy"] = acc
     return summary
