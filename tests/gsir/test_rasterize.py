@@ -253,3 +253,16 @@ def test_fused_cpu_preprocess_matches_torch(ext, degree):
     assert (ct == 0).any() or degree == 0  # some SH colours clamped
     for k in inputs:
         assert torch.allclose(gt[k], gc[k], atol=1e-9, rtol=1e-8), (k, (gt[k] - gc[k]).abs().max())
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("n", [0, 2])
+def test_empty_or_all_culled_scene_renders_background(ext, backend, n):
+    cam = front_camera(32, 24)
+    means = torch.tensor([[0.0, 0.0, 10.0]]).repeat(n, 1).requires_grad_()  # behind the camera
+    out = rasterize(means, torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), torch.full((n, 3), 0.1), torch.full((n,), 0.5),
+                    cam, colors=torch.rand(n, 3), bg=torch.tensor([0.1, 0.2, 0.3]), backend=backend, argmax_depth=True)
+    assert torch.allclose(out["render"], torch.tensor([0.1, 0.2, 0.3])[:, None, None].expand(3, 24, 32))
+    assert (out["depth_map"] == 0).all() and (out["opacity_map"] == 0).all()
+    (out["render"].sum() + out["depth_map"].sum()).backward()
+    assert n == 0 or (means.grad == 0).all()

@@ -549,8 +549,11 @@ def rasterize(
     if bg is not None:
         render = render + T * bg.to(render).reshape(3, 1, 1)
     if argmax_depth:
-        safe = argmax.clamp_min(0)
-        depth_map = torch.where(argmax >= 0, proj.depths[safe], torch.zeros_like(proj.depths[safe]))[None]
+        if N == 0:
+            depth_map = torch.zeros_like(O)
+        else:
+            safe = argmax.clamp_min(0)
+            depth_map = torch.where(argmax >= 0, proj.depths[safe], torch.zeros_like(proj.depths[safe]))[None]
     else:
         depth_map = torch.where(O > 1e-6, maps["depth"] / O.clamp_min(1e-6), torch.zeros_like(O))  # as GS-IR
     result = {
