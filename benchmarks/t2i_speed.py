@@ -6,9 +6,10 @@ UNet2DConditionModel) to both pipelines: lumenkit's Text2Image (lumenkit.diffusi
 StableDiffusionPipeline with DDIMScheduler configured as SD 1.x. txt2img at 512x512, 2 DDIM steps,
 classifier-free guidance 7.5 (cond + uncond batched into one UNet call by both), runs interleaved.
 
-Seconds per step = (start of VAE decoding - start of the first UNet call) / steps, taken from forward
-hooks on the shared modules, so it covers the UNet and each pipeline's per-step sampler/guidance work.
-The whole call (prompt encoding, steps, VAE decoding) is reported too.
+Seconds per step = (end of the sampling loop - start of the first UNet call) / steps (a forward hook
+on the shared UNet), wall-clock and CPU (process) time, so it covers the UNet and each pipeline's
+per-step sampler/guidance work; the calls return latents (VAE decoding is the same module for both and
+is left out of the timed runs). Medians over interleaved runs in ABBA order after a warm-up at 512x512.
 
     .venv/bin/python benchmarks/t2i_speed.py            # sd15 at 512x512 (~10 min on 2 cores): writes the cache
     .venv/bin/python benchmarks/t2i_speed.py --quick    # the small `shapes` preset at 64x64, prints only
@@ -59,43 +60,48 @@ def build_pair(preset: str = "sd15", seed: int = 0):
 
 
 class StepClock:
-    """Forward pre-hooks on the shared modules: first UNet call and start of VAE decoding."""
+    """Hooks on the shared UNet: wall and CPU (process) time of the first UNet call, time inside the UNet."""
 
-    def __init__(self, unet, vae):
+    def __init__(self, unet):
         self.reset()
         unet.register_forward_pre_hook(self._unet)
         unet.register_forward_hook(self._unet_done)
-        vae.post_quant_conv.register_forward_pre_hook(self._decode)
 
     def reset(self):
-        self.first_unet, self.decode, self.unet_calls, self.unet_seconds, self._t = None, None, 0, 0.0, None
+        self.first_wall = self.first_cpu = self._t = None
+        self.unet_calls, self.unet_seconds = 0, 0.0
 
     def _unet(self, *_):
         self.unet_calls += 1
         self._t = time.perf_counter()
-        if self.first_unet is None:
-            self.first_unet = self._t
+        if self.first_wall is None:
+            self.first_wall, self.first_cpu = self._t, time.process_time()
 
     def _unet_done(self, *_):
         self.unet_seconds += time.perf_counter() - self._t
 
-    def _decode(self, *_):
-        self.decode = time.perf_counter()
-
 
 def time_pair(ours, theirs, *, height: int, width: int, steps: int, scale: float, repeats: int) -> dict:
-    """Interleaved runs (lumenkit, diffusers, diffusers, lumenkit, ...); best seconds per step and per call."""
-    clock = StepClock(ours.unet, ours.vae)
+    """Interleaved runs in ABBA order (lumenkit, diffusers, diffusers, lumenkit, ...) with latent output.
+
+    Per run: wall s / step and CPU s / step (process time, all threads) from the first UNet call to the
+    end of the loop, and the work outside the UNet per step. Medians over the runs of each pipeline.
+    CPU time counts the work done rather than the waiting, so it is far less disturbed by other jobs
+    on a shared machine than wall time.
+    """
+    import statistics
+
+    clock = StepClock(ours.unet)
 
     def run_ours():
         ours(PROMPT, num_inference_steps=steps, guidance_scale=scale, height=height, width=width,
-             generator=torch.Generator().manual_seed(0), progress=False)
+             generator=torch.Generator().manual_seed(0), progress=False, output_type="latent")
 
     def run_theirs():
         theirs(PROMPT, num_inference_steps=steps, guidance_scale=scale, height=height, width=width,
-               generator=torch.Generator().manual_seed(0), output_type="np")
+               generator=torch.Generator().manual_seed(0), output_type="latent")
 
-    res = {k: {"step": [], "call": [], "overhead": []} for k in ("lumenkit", "diffusers")}
+    res = {k: {"wall": [], "cpu": [], "overhead": [], "call": []} for k in ("lumenkit", "diffusers")}
     pair = [("lumenkit", run_ours), ("diffusers", run_theirs)]
     for i in range(repeats):
         for name, fn in pair if i % 2 == 0 else pair[::-1]:  # ABBA order cancels a drifting load
@@ -103,42 +109,39 @@ def time_pair(ours, theirs, *, height: int, width: int, steps: int, scale: float
             t0 = time.perf_counter()
             with torch.inference_mode():
                 fn()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             if clock.unet_calls != steps:
                 raise RuntimeError(f"{name}: {clock.unet_calls} UNet calls for {steps} steps (CFG not batched?)")
-            loop = clock.decode - clock.first_unet
-            res[name]["step"].append(loop / steps)
-            res[name]["overhead"].append((loop - clock.unet_seconds) / steps)
-            res[name]["call"].append(t1 - t0)
-            print(f"  {name}: {res[name]['step'][-1]:.3f} s/step ({1e3 * res[name]['overhead'][-1]:.2f} ms outside the UNet), "
-                  f"{t1 - t0:.2f} s/call", flush=True)
-    return {k: {"step": min(v["step"]), "call": min(v["call"]), "overhead": min(v["overhead"]), "runs": len(v["step"]),
-                "all_steps": v["step"]} for k, v in res.items()}
+            loop = t1 - clock.first_wall
+            r = res[name]
+            r["wall"].append(loop / steps)
+            r["cpu"].append((c1 - clock.first_cpu) / steps)
+            r["overhead"].append((loop - clock.unet_seconds) / steps)
+            r["call"].append(t1 - t0)
+            print(f"  {name}: {r['wall'][-1]:.3f} s/step wall, {r['cpu'][-1]:.3f} s/step CPU, "
+                  f"{1e3 * r['overhead'][-1]:.2f} ms/step outside the UNet", flush=True)
+    med = statistics.median
+    return {k: {"wall": med(v["wall"]), "cpu": med(v["cpu"]), "overhead": med(v["overhead"]), "call": med(v["call"]),
+                "runs": len(v["wall"]), "all_wall": v["wall"], "all_cpu": v["cpu"]} for k, v in res.items()}
 
 
 def _table(r: dict) -> str:
     from lumenkit.common.bench import markdown_table
 
     lk, df = r["lumenkit"], r["diffusers"]
-    has_oh = "overhead" in lk and "overhead" in df
-    rows = [
-        ["lumenkit Text2Image (lumenkit.diffusion DDIM)", lk["step"], lk["call"]],
-        ["diffusers StableDiffusionPipeline (DDIMScheduler)", df["step"], df["call"]],
-        ["ratio lumenkit / diffusers", lk["step"] / df["step"], lk["call"] / df["call"]],
-    ]
-    cols = ["pipeline", "s / step", "s / call (encode + steps + decode)"]
-    if has_oh:  # runs before this column existed lack it
-        for row, v in zip(rows, (1e3 * lk["overhead"], 1e3 * df["overhead"], lk["overhead"] / df["overhead"])):
-            row.insert(2, v)
-        cols.insert(2, "ms / step outside the UNet (sampler + guidance)")
-    head = (f"{r['preset']} architecture (random weights, same modules in both), txt2img {r['width']}x{r['height']}, "
-            f"{r['steps']} DDIM steps, CFG {r['scale']}, batch 1, fp32 on {r['device']}; best of {lk['runs']} interleaved runs "
-            f"each ({r['threads']} torch threads). Target: ratio <= 1.0.")
-    if "all_steps" in lk:
-        allv = lk["all_steps"] + df["all_steps"]
-        head += (f" Both pipelines call the same UNet module, so only the work outside the UNet differs; the "
-                 f"spread of s / step over all runs ({min(allv):.3f} to {max(allv):.3f}) is the noise of this shared machine.")
-    return head + "\n\n" + markdown_table(cols, rows, floatfmt="{:.3f}")
+    keys = [("wall", "s / step, wall", 1.0), ("cpu", "s / step, CPU time", 1.0),
+            ("overhead", "ms / step outside the UNet (sampler + guidance)", 1e3), ("call", "s / call (encode + steps)", 1.0)]
+    rows = [["lumenkit Text2Image (lumenkit.diffusion DDIM)"] + [lk[k] * f for k, _, f in keys],
+            ["diffusers StableDiffusionPipeline (DDIMScheduler)"] + [df[k] * f for k, _, f in keys],
+            ["ratio lumenkit / diffusers"] + [lk[k] / df[k] for k, _, _ in keys]]
+    allw, allc = lk["all_wall"] + df["all_wall"], lk["all_cpu"] + df["all_cpu"]
+    head = (f"{r['preset']} architecture (random weights; the very same modules in both pipelines), txt2img "
+            f"{r['width']}x{r['height']}, {r['steps']} DDIM steps, CFG {r['scale']} (cond + uncond in one UNet call), batch 1, "
+            f"fp32 on {r['device']}, {r['threads']} torch threads; medians of {lk['runs']} runs each, interleaved in ABBA order "
+            f"after a warm-up at the same size. Target: ratio <= 1.0. Since both call the same UNet, only the work outside "
+            f"it can differ; the spread of s / step over all runs (wall {min(allw):.3f} to {max(allw):.3f}, CPU "
+            f"{min(allc):.3f} to {max(allc):.3f}) is the noise of this shared machine.")
+    return head + "\n\n" + markdown_table(["pipeline"] + [c for _, c, _ in keys], rows, floatfmt="{:.3f}")
 
 
 def measure(preset: str = "sd15", height: int = 512, width: int = 512, steps: int = 2, scale: float = 7.5, repeats: int = 2) -> dict:
@@ -146,11 +149,10 @@ def measure(preset: str = "sd15", height: int = 512, width: int = 512, steps: in
     t0 = time.perf_counter()
     ours, theirs = build_pair(preset)
     build_s = time.perf_counter() - t0
-    print(f"built {preset} in {build_s:.1f} s; warm-up at {width}x{height} (1 step each, one VAE decode)", flush=True)
+    print(f"built {preset} in {build_s:.1f} s; warm-up at {width}x{height} (1 step each)", flush=True)
     # oneDNN builds its kernels per input shape on first use: warm up at the timed size, not smaller
     ours(PROMPT, num_inference_steps=1, height=height, width=width, output_type="latent", progress=False)
-    z = theirs(PROMPT, num_inference_steps=1, height=height, width=width, output_type="latent").images
-    ours.decode_latents(z)
+    theirs(PROMPT, num_inference_steps=1, height=height, width=width, output_type="latent")
     r = time_pair(ours, theirs, height=height, width=width, steps=steps, scale=scale, repeats=repeats)
     r.update(preset=preset, height=height, width=width, steps=steps, scale=scale, device="cpu",
              threads=torch.get_num_threads(), build_seconds=build_s)
@@ -172,7 +174,7 @@ def sd15_speed_table(recompute: bool = False, **kw) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shapes preset at 64x64 (seconds); prints, writes nothing")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each pipeline")
     args = ap.parse_args(argv)
     if args.quick:
         r = measure("shapes", 64, 64, 2, 7.5, repeats=args.repeats)
