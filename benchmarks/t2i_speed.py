@@ -129,6 +129,9 @@ def _table(r: dict) -> str:
     from lumenkit.common.bench import markdown_table
 
     lk, df = r["lumenkit"], r["diffusers"]
+    if "wall" not in lk:  # a cache written by an older version of this script
+        return (f"{r['preset']} {r['width']}x{r['height']}, {r['steps']} DDIM steps, CFG {r['scale']}: lumenkit "
+                f"{lk['step']:.3f} s/step, diffusers {df['step']:.3f} s/step (ratio {lk['step'] / df['step']:.3f}).")
     keys = [("wall", "s / step, wall", 1.0), ("cpu", "s / step, CPU time", 1.0),
             ("overhead", "ms / step outside the UNet (sampler + guidance)", 1e3), ("call", "s / call (encode + steps)", 1.0)]
     rows = [["lumenkit Text2Image (lumenkit.diffusion DDIM)"] + [lk[k] * f for k, _, f in keys],
