@@ -63,15 +63,16 @@ def sharpness(gray: np.ndarray) -> float:
 
 def robust_merge(ref: np.ndarray, others, ref_small: np.ndarray, others_small: list[np.ndarray], tol: float = 3.0) -> np.ndarray:
     """Denoise the sharp reference with aligned frames where they agree with it (a simple
-    regular-exposure merge). Weights exp(-(d / (tol * median d))^2), d the 5x5 box-filtered
+    regular-exposure merge). Weights exp(-(d / (tol * d_10))^2), d the 5x5 box-filtered
     |frame - ref| computed on small copies (ref_small / others_small, e.g. the half-resolution frames)
-    and upsampled; `others` yields the full-resolution frames in the same order. [H, W, 3] linear."""
+    (d_10: its 10th percentile over the image, the noise level of static content even when most
+    of the frame moves) and upsampled; `others` yields the full-resolution frames in the same order. [H, W, 3] linear."""
     num = ref.astype(np.float32).copy()
     den = np.ones(ref.shape[:2], np.float32)
     h, w = ref.shape[:2]
     for o, os_ in zip(others, others_small):
         d = cv2.blur(np.abs(os_ - ref_small).mean(-1), (5, 5))
-        scale = max(float(np.median(d)), 1e-5)
+        scale = max(float(np.percentile(d, 10)), 1e-5)  # low quantile: noise even when most of the frame moves
         wgt = np.exp(-((d / (tol * scale)) ** 2)).astype(np.float32)
         wgt = cv2.resize(wgt, (w, h), interpolation=cv2.INTER_LINEAR)
         np.multiply(o, wgt[..., None], out=o)

@@ -37,7 +37,9 @@ class LongExpConfig:
     b: float = comp.BETA
     ref_percentile: float = comp.REF_PERCENTILE
     merge_sharp: bool = True  # denoise the sharp frame with agreeing aligned frames
-    change_mask: bool = True  # also require blur != sharp for M (our addition; see composite.change_mask)
+    # also require blur != sharp for M (our addition, see composite.change_mask); None: foreground
+    # mode only (in background blur nearly everything moves and flat background must keep the blur)
+    change_mask: bool | None = None
     gain: float = 1.0  # exposure gain applied to the linear result (burst under-exposure)
 
     def __post_init__(self) -> None:
@@ -176,7 +178,7 @@ def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> R
         mraw = comp.m_flow(mag, cfg.a, cfg.b, cfg.ref_percentile)
         rh, rw = mraw.shape
         guide = np.clip(linear_to_srgb(_resize(prep.sharp * cfg.gain, (rh, rw))), 0, 1)
-        if cfg.change_mask:
+        if cfg.change_mask or (cfg.change_mask is None and cfg.mode == "foreground"):
             blur_m = np.clip(linear_to_srgb(np.clip(_resize(blur_r, (rh, rw)), 0, 1)), 0, 1)
             mraw = mraw * comp.change_mask(blur_m, guide)
         mref = comp.refine_mask(mraw, guide)
