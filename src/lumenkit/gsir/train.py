@@ -72,9 +72,11 @@ class Stage1Config:
         f = self.iterations / PAPER_ITERATIONS
         s = lambda v, lo: max(lo, int(round(v * f)))  # noqa: E731
         c = dataclasses.replace(self)
-        c.densify_from_iter = s(self.densify_from_iter, 20)
-        c.densify_until_iter = s(self.densify_until_iter, 50)
-        c.densification_interval = s(self.densification_interval, 10)
+        # short runs: densification waits for the colours to settle (>= 10% of the run) and
+        # accumulates view-space gradients over >= 25 iterations, or the Gaussian count explodes
+        c.densify_from_iter = max(s(self.densify_from_iter, 50), self.iterations // 10)
+        c.densify_until_iter = max(s(self.densify_until_iter, 50), c.densify_from_iter + 1)
+        c.densification_interval = s(self.densification_interval, 25)
         c.opacity_reset_interval = s(self.opacity_reset_interval, 100)
         c.sh_up_interval = s(self.sh_up_interval, 10)
         c.optim = dataclasses.replace(self.optim, position_lr_max_steps=s(self.optim.position_lr_max_steps, 100))
