@@ -97,6 +97,9 @@ def main() -> None:
     scene = read_scene(data)
     out.mkdir(parents=True, exist_ok=True)
     # the two trainings run side by side (one process each); the raster timing runs meanwhile here
+    import os
+
+    load_start = os.getloadavg()[0]
     procs = {}
     for tag in METHODS:
         cmd = [sys.executable, __file__, "--worker", tag, "--iterations", str(args.iterations), "--num_points", str(args.num_points),
@@ -110,6 +113,7 @@ def main() -> None:
             raster = "\n### Rasterizer speed (from benchmarks/gsir_raster.py, measured while the two trainings ran)\n\n" + raster_speed_table(quick=args.quick) + "\n"
         except ImportError as exc:
             raster = f"\n(rasterizer speed table unavailable: {exc})\n"
+    load_mid = os.getloadavg()[0]
     rows = []
     for tag, p in procs.items():
         if p.wait() != 0:
@@ -134,8 +138,9 @@ def main() -> None:
         "Metrics on all test views: PSNR/SSIM (Gaussian 11x11) in sRGB, no LPIPS; normal MAE = mean angle to the GT "
         "world normal, 'fg' over GT foreground pixels, 'GS-IR protocol' over all pixels with background (0,0,1) on both sides; "
         "'depth-normal' = normal from the rendered depth (depth_to_normal), the only normal plain 3DGS has. "
-        "The machine (2 cores) was shared with several other engineers' jobs during this run (load average ~8), so "
-        "iterations/s and the rasterizer timings are pessimistic by a large, unknown factor.\n\n"
+        f"The machine (2 cores) is shared with other engineers' jobs: 1-minute load average {load_start:.1f} at the start, "
+        f"{load_mid:.1f} after the raster timing, {os.getloadavg()[0]:.1f} at the end (our two trainings alone make 2), so "
+        "iterations/s and the rasterizer timings are pessimistic by an unknown factor.\n\n"
         f"Targets (issue 5): PSNR >= 30 dB and normal MAE <= 8 deg at 128 px within a 30-minute CPU run.\n\n{table}\n{raster}"
     )
     print(body)
