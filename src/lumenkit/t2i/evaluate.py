@@ -251,7 +251,9 @@ def markdown_report(result: dict) -> str:
     ddpm, ddim20 = by.get(("ddpm", 1000, scale)), by.get(("ddim", 20, scale))
     oa = result["oracle_accuracy"]
     lines = [
-        f"Prompts: {n} seen (training combinations) and {n} unseen (held-out colour+shape pairs), one image each, same seeds for every setting.",
+        f"Prompts: {n} seen (training combinations) and {n} unseen (held-out colour+shape pairs), one image each, same seeds for every setting. "
+        f"The oracle-feature FD compares the {2 * n} generated images with {result['config']['n_real']} real ones on 128-d features: "
+        "with fewer samples than dimensions the generated covariance is singular, so read it as a rough indicator.",
         "",
         markdown_table(head, rows),
         "",
