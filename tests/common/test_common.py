@@ -109,8 +109,10 @@ def test_benchmarks_md_sections(tmp_path):
     bench.write_section("longexp", "| a |\n|---|\n| 1 |", path=md)
     bench.write_section("diffusion", "first", path=md)
     bench.write_section("diffusion", "second", path=md)
+    bench.write_section("t2i-extra", "kept", path=md)  # a name outside SECTION_ORDER survives later writes
+    bench.write_section("gsir", "g", path=md)
     text = md.read_text()
-    assert "second" in text and "first" not in text
+    assert "second" in text and "first" not in text and "kept" in text
     assert text.index("lumenkit:begin diffusion") < text.index("lumenkit:begin longexp")
     assert "Machine:" in text
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -96,7 +97,8 @@ def write_section(section: str, body_markdown: str, *, title: str | None = None,
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = path.read_text() if path.exists() else HEADER
         blocks: dict[str, str] = {}
-        for name in set(SECTION_ORDER) | {section}:
+        existing = re.findall(r"<!-- lumenkit:begin (\S+) -->", text)
+        for name in set(SECTION_ORDER) | set(existing) | {section}:
             b, e = _markers(name)
             if b in text and e in text:
                 blocks[name] = text[text.index(b) : text.index(e) + len(e)]
