@@ -72,6 +72,18 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
             raise RuntimeError("crash")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
+    with atomic_path(tmp_path / "new.txt") as tmp:
+        tmp.write_text("x")
+    mode = (tmp_path / "new.txt").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_current_umask(), oct(mode)
+
+
+def _current_umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class _Evil:
