@@ -49,7 +49,7 @@ def test_shipped_model_samples_are_images_the_oracle_can_read():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="target not reached: the shipped UNet trained ~1 h on a shared 2-core CPU "
+@pytest.mark.xfail(strict=True, reason="target not reached (strict: an XPASS fails, so remove this mark once the model reaches it): the shipped UNet trained ~1 h on a shared 2-core CPU "
                    "(see BENCHMARKS.md t2i); prompt accuracy is far below 90%")
 def test_shipped_model_prompt_accuracy_target_on_seen_prompts():
     from lumenkit.t2i.evaluate import prompt_set
