@@ -48,12 +48,15 @@ def test_normal_consistency_masked_l1():
 
 
 def test_edge_aware_tv_hand_values():
+    """GS-IR's get_tv_loss: mean squared differences (over channels and pixels), y term + x term."""
     data = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])
     flat = torch.zeros(3, 2, 2)
-    # dx: |1-0|, |4-2| -> 1.5; dy: |2-0|, |4-1| -> 2.5; weights 1 -> (1.5 + 2.5) / 2
-    assert math.isclose(float(edge_aware_tv(data, flat)), 2.0, rel_tol=1e-6)
+    # dx^2: 1, 4 -> mean 2.5; dy^2: 4, 9 -> mean 6.5; weights 1
+    assert math.isclose(float(edge_aware_tv(data, flat)), 9.0, rel_tol=1e-6)
     edge = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).expand(3, 2, 2)  # vertical edge: x weights e^-1
-    assert math.isclose(float(edge_aware_tv(data, edge)), 0.5 * (1.5 * math.exp(-1) + 2.5), rel_tol=1e-6)
+    assert math.isclose(float(edge_aware_tv(data, edge)), 2.5 * math.exp(-1) + 6.5, rel_tol=1e-6)
+    two = torch.stack([data[0], torch.zeros(2, 2)])  # a constant channel halves the channel mean
+    assert math.isclose(float(edge_aware_tv(two, flat)), 4.5, rel_tol=1e-6)
 
 
 def test_stage1_total_matches_weights():

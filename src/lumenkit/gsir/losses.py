@@ -55,17 +55,19 @@ def normal_consistency_loss(normal_map: torch.Tensor, normal_from_depth: torch.T
 
 
 def edge_aware_tv(data: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """First-order edge-aware TV (GS-IR's normal TV): mean over pixels of
-    sum_c |d data_c| * exp(-mean_c |d image_c|), for forward differences along x and y, averaged.
+    """GS-IR's normal TV (train.py get_tv_loss, pad 1, step 1): squared forward differences weighted
+    by exp(-mean_c |d image_c|), each direction averaged over channels and pixels, the two summed:
+    mean((d_y data)^2 * w_y) + mean((d_x data)^2 * w_x).
 
     data: [C, H, W] (the normal map); image: [3, H, W] (the GT image). Smooth image regions
-    (weight ~ 1) penalise normal changes; image edges (weight ~ 0) leave them free.
+    (weight ~ 1) penalise normal changes; image edges (weight ~ 0) leave them free. Squared, not L1:
+    small normal noise costs little, so the TV smooths without overpowering the consistency term.
     """
-    dx = (data[:, :, 1:] - data[:, :, :-1]).abs().sum(0)
-    dy = (data[:, 1:, :] - data[:, :-1, :]).abs().sum(0)
-    wx = torch.exp(-(image[:, :, 1:] - image[:, :, :-1]).abs().mean(0))
-    wy = torch.exp(-(image[:, 1:, :] - image[:, :-1, :]).abs().mean(0))
-    return 0.5 * ((dx * wx).mean() + (dy * wy).mean())
+    dx = (data[:, :, 1:] - data[:, :, :-1]) ** 2
+    dy = (data[:, 1:, :] - data[:, :-1, :]) ** 2
+    wx = torch.exp(-(image[:, :, 1:] - image[:, :, :-1]).abs().mean(0, keepdim=True))
+    wy = torch.exp(-(image[:, 1:, :] - image[:, :-1, :]).abs().mean(0, keepdim=True))
+    return (dy * wy).mean() + (dx * wx).mean()
 
 
 @dataclass

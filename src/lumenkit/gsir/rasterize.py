@@ -317,7 +317,7 @@ class _BlendCPU(torch.autograd.Function):
     """Autograd wrapper of the C++ forward / backward (3DGS's renderCUDA pair, on the CPU)."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, channels, order, rects, width, height, want_argmax):
+    def forward(ctx, means2d, conics, opacities, channels, order, rects, width, height, want_argmax, n_alpha=None):
         ext = load_extension()
         m, c, o, ch = (t.detach().contiguous() for t in (means2d, conics, opacities, channels))
         out, final_T, n_contrib, argmax, offsets, ids, gstart, by_gauss = ext.blend_forward(
@@ -325,6 +325,7 @@ class _BlendCPU(torch.autograd.Function):
         )
         ctx.save_for_backward(m, c, o, ch, offsets, ids, final_T, n_contrib, order, gstart, by_gauss)
         ctx.size = (width, height)
+        ctx.n_alpha = ch.shape[1] if n_alpha is None else max(1, min(int(n_alpha), ch.shape[1]))
         ctx.mark_non_differentiable(argmax)
         return out, argmax
 
@@ -332,10 +333,17 @@ class _BlendCPU(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_argmax):
         m, c, o, ch, offsets, ids, final_T, n_contrib, order, gstart, by_gauss = ctx.saved_tensors
         W, H = ctx.size
-        g_m, g_c, g_o, g_ch = load_extension().blend_backward(
-            m, c, o, ch, offsets, ids, W, H, final_T, n_contrib, grad_out.contiguous(), order, gstart, by_gauss
-        )
-        return g_m, g_c, g_o, g_ch, None, None, None, None, None
+        k = ctx.n_alpha
+        ext = load_extension()
+
+        def back(chs, g):  # the kernel's alpha gradient sums over the channels it is given
+            return ext.blend_backward(m, c, o, chs.contiguous(), offsets, ids, W, H, final_T, n_contrib,
+                                      g.contiguous(), order, gstart, by_gauss)
+
+        g_m, g_c, g_o, g_ch = back(ch[:, :k], grad_out[:k])
+        if k < ch.shape[1]:  # channels past n_alpha: gradient to the channel values only (GS-IR's PBR maps)
+            g_ch = torch.cat([g_ch, back(ch[:, k:], grad_out[k:])[3]], dim=1)
+        return g_m, g_c, g_o, g_ch, None, None, None, None, None, None
 
 
 class _PreprocessCPU(torch.autograd.Function):
@@ -374,9 +382,10 @@ def preprocess_cpu(means: Tensor, quats: Tensor, scales: Tensor, camera: Camera,
     return Projected(means2d, conics, depths, radii, rects), (colors if sh is not None else None)
 
 
-def _blend_cpu(means2d, conics, opacities, channels, order, rects, width, height, want_argmax=False):
-    """C++/OpenMP blending (float32 or float64 CPU tensors)."""
-    out, argmax = _BlendCPU.apply(means2d, conics, opacities, channels, order, rects, width, height, want_argmax)
+def _blend_cpu(means2d, conics, opacities, channels, order, rects, width, height, want_argmax=False, n_alpha=None):
+    """C++/OpenMP blending (float32 or float64 CPU tensors). n_alpha: only the first n_alpha channels
+    back-propagate to means2d / conics / opacities (default: all)."""
+    out, argmax = _BlendCPU.apply(means2d, conics, opacities, channels, order, rects, width, height, want_argmax, n_alpha)
     return out, (argmax if want_argmax else None)
 
 
@@ -486,7 +495,10 @@ def rasterize(
       view direction from the camera centre, 3DGS's +0.5 and clamp at 0) or ``colors`` [N, 3]
       (linear RGB, used as is). One of the two is required.
       Optional per-Gaussian attributes blended like colour: normals [N, 3] (world, blended as given,
-      not renormalised), albedo [N, 3], roughness [N, 1], metallic [N, 1].
+      not renormalised), albedo [N, 3], roughness [N, 1], metallic [N, 1]. As in GS-IR's rasterizer
+      ("PBR: do not contribute to the alpha/opacity"), their maps back-propagate to the attributes
+      only, never to the means / covariances / opacities: a normal loss must move the normals, not
+      the geometry (which it would otherwise fight, costing 3DGS's photometric quality).
       bg [3] background colour (default black).
       argmax_depth: depth_map is the view-space z of the Gaussian with the largest weight at each pixel
       (0 where none) instead of the expected depth. inference: roughness_map += T (background rough).
@@ -532,11 +544,20 @@ def rasterize(
     channels = torch.cat(chans, dim=1).contiguous()
 
     order = depth_order(proj.depths, proj.radii)
-    args = (means2d, proj.conics, opacities.reshape(N).to(means.dtype), channels, order, proj.rects, W, H, argmax_depth)
-    if backend == "cuda":
-        out, argmax = _blend_cuda(*args, depths=proj.depths, radii=proj.radii)
+    n_alpha = sum(k for _, k in names[:3])  # rgb, opacity, depth move the geometry; attributes do not
+    opac = opacities.reshape(N).to(means.dtype)
+    if backend == "cpu":
+        out, argmax = _blend_cpu(means2d, proj.conics, opac, channels, order, proj.rects, W, H, argmax_depth, n_alpha)
     else:
-        out, argmax = _BLENDERS[backend](*args)
+        kw = {"depths": proj.depths, "radii": proj.radii} if backend == "cuda" else {}
+        blender = _blend_cuda if backend == "cuda" else _BLENDERS[backend]
+        geo = (means2d, proj.conics, opac)
+        if channels.shape[1] > n_alpha and torch.is_grad_enabled():  # attributes on detached geometry
+            out, argmax = blender(*geo, channels[:, :n_alpha], order, proj.rects, W, H, argmax_depth, **kw)
+            attr, _ = blender(*(t.detach() for t in geo), channels[:, n_alpha:], order, proj.rects, W, H, False, **kw)
+            out = torch.cat([out, attr], dim=0)
+        else:
+            out, argmax = blender(*geo, channels, order, proj.rects, W, H, argmax_depth, **kw)
 
     maps: dict[str, Tensor] = {}
     start = 0
