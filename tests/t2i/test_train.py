@@ -81,3 +81,19 @@ def test_tiny_end_to_end_and_unet_resume(tmp_path):
         b = _weights(w2 / "unet_train", key=key)
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_cli_resume_keeps_the_saved_recipe(tmp_path):
+    """`train vae --steps N` on an existing run resumes with its saved config, not the code defaults."""
+    from lumenkit.cli import main
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"vae": {"preset": "tiny", "batch_size": 4, "ckpt_every": 2, "amp": False, "eval_images": 8}}))
+    out = tmp_path / "w"
+    for extra in (["--config", str(recipe), "--steps", "2"], ["--steps", "4"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["t2i", "train", "vae", "--out", str(out), "--threads", "1", *extra])
+        assert exc.value.code == 0
+    saved = json.loads((out / "vae_train" / "config.json").read_text())
+    assert saved["steps"] == 4 and saved["preset"] == "tiny" and saved["batch_size"] == 4
+    assert torch.load(out / "vae_train" / "checkpoint.pt", weights_only=True)["step"] == 4

@@ -151,6 +151,11 @@ def train_main(args) -> int:
         print(f"model written to {model_dir}")
         return 0
     stage = "vae" if args.stage == "vae-decoder" else args.stage
+    saved = out / f"{args.stage.replace('-', '_')}_train" / "config.json"
+    if stage not in overrides and saved.is_file():
+        # resuming: keep the recipe the run started with; only flags given now (--steps, ...) change it
+        overrides = {**overrides, stage: json.loads(saved.read_text())}
+        print(f"resuming with the recipe in {saved}")
     cfg = _stage_config(stage, args, overrides)
     if args.stage == "vae-decoder":
         cfg.decoder_only = True
