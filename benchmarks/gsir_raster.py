@@ -142,9 +142,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small cases only")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON (used by raster_speed_table)")
+    ap.add_argument("--write", action="store_true",
+                    help="write the table as its own BENCHMARKS.md section 'gsir-raster' (run it on an idle machine)")
     args = ap.parse_args()
     if args.json:
         print(json.dumps(raster_speed_rows(args.quick)))
+    elif args.write:
+        from lumenkit.common.bench import write_section
+
+        table = raster_speed_table(args.quick, child=True)
+        write_section("gsir-raster", table, title="gsir: rasterizer speed alone (no training running)")
+        print(table)
     else:
         print(raster_speed_table(args.quick, child=False))
 
