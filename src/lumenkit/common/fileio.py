@@ -50,8 +50,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2, default: Any = str) -> Path:
+    """JSON atomically; `default` converts what json cannot (str by default, e.g. float for NumPy scalars)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=default) + "\n")
 
 
 def save_state_dict(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from lumenkit.common.errors import LumenkitError
 from lumenkit.common.fileio import atomic_path, atomic_write_json
+from lumenkit.common.metrics import psnr
 from lumenkit.gsir.gaussians import GaussianModel, OptimConfig
 from lumenkit.gsir.losses import Stage1LossWeights, stage1_loss
 
@@ -141,11 +141,6 @@ def load_model(path: str | Path, device) -> tuple[GaussianModel, int, dict]:
     return g, int(state["iteration"]), state.get("config", {})
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-10))
-
-
 def training(
     scene,
     model_path: str | Path,
@@ -207,7 +202,7 @@ def training(
         loss, terms = stage1_loss(pkg, gt, run.losses)
         loss.backward()
         with torch.no_grad():
-            p = _psnr(pkg["render"].detach(), gt)
+            p = psnr(pkg["render"], gt)
             psnr_hist.append(p)
             ema_loss = float(loss) if ema_loss is None else 0.6 * float(loss) + 0.4 * ema_loss
             ema_psnr = p if ema_psnr is None else 0.6 * p + 0.4 * ema_psnr
@@ -268,7 +263,7 @@ def _ndc_grad(grad: torch.Tensor, camera) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_views(gaussians: GaussianModel, views, bg: torch.Tensor, device, backend: str = "auto") -> dict:
     """Mean PSNR / SSIM (common.metrics) of renders vs the views' images."""
-    from lumenkit.common.metrics import psnr, ssim
+    from lumenkit.common.metrics import ssim
     from lumenkit.gsir.pipeline import render
 
     ps, ss = [], []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lumenkit.common.device import add_device_arg
 from lumenkit.common.errors import LumenkitError
+from lumenkit.common.fileio import atomic_write_json
 
 
 @contextlib.contextmanager
@@ -130,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     headers, rows = summary_table(summary)
     print(markdown_table(headers, rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1, default=lambda o: float(o) if isinstance(o, np.floating) else str(o)))
+        atomic_write_json(args.json, summary, indent=1, default=lambda o: float(o) if isinstance(o, np.floating) else str(o))
     return 0
 
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from lumenkit.common.errors import LumenkitError
+from lumenkit.common.fileio import atomic_write_json
 from lumenkit.common.images import linear_to_srgb, list_images, read_image, srgb_to_linear, write_image
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif")
@@ -343,7 +344,7 @@ def write_synth(burst: SynthBurst, out: str | Path) -> Path:
     write_image(out / "truth.png", linear_to_srgb(burst.truth), bit_depth=16)
     write_image(out / "static.png", linear_to_srgb(burst.static), bit_depth=16)
     write_image(out / "trail_mask.png", burst.trail_mask.astype(np.float32), bit_depth=8)
-    (out / "scene.json").write_text(json.dumps(burst.params, indent=1, default=float))
+    atomic_write_json(out / "scene.json", burst.params, indent=1, default=float)
     return out
 
 
