@@ -47,3 +47,22 @@ def test_evaluate_runs_on_a_tiny_model(tmp_path):
         assert 0 <= r["acc_seen"] <= 1 and 0 <= r["acc_unseen"] <= 1 and np.isfinite(r["frechet"])
     md = E.markdown_report(res)
     assert "prompt acc. seen" in md and "VAE reconstruction PSNR" in md
+
+
+def test_degrade_keeps_colours_and_softens_edges():
+    from lumenkit.t2i import data as D
+    from lumenkit.t2i.oracle import degrade
+
+    b = D.make_batch(np.random.default_rng(0), 8, "train")
+    g = torch.Generator().manual_seed(0)
+    soft = degrade(b.images, g, max_blur=1.5, max_noise=0.0)
+    # a blur with replicated borders keeps flat regions (background and object interiors) and the mean colour
+    assert torch.allclose(soft.mean(dim=(2, 3)), b.images.mean(dim=(2, 3)), atol=0.02)
+    assert torch.allclose(soft[..., :4, :4], b.images[..., :4, :4], atol=1e-3)
+    # and lowers the sharpest edge steps
+    step = lambda x: (x[..., 1:] - x[..., :-1]).abs().amax()
+    assert step(soft) < step(b.images)
+    # no blur, no noise = identity; noise has the requested scale
+    assert torch.allclose(degrade(b.images, g, max_blur=1e-4, max_noise=0.0), b.images, atol=1e-5)
+    noisy = degrade(b.images, torch.Generator().manual_seed(1), max_blur=1e-4, max_noise=0.1)
+    assert 0.01 < float((noisy - b.images).std()) < 0.1

@@ -138,6 +138,14 @@ def vae_psnr(vae, n: int = 256, seed: int = 5, device="cpu") -> float:
     return psnr((rec + 1) / 2, (b.images + 1) / 2)
 
 
+@torch.no_grad()
+def vae_roundtrip_accuracy(vae, oracle, images: torch.Tensor, scenes: list[D.Scene], device="cpu") -> float:
+    """Share of real images of the prompts whose every attribute the oracle still reads right after a
+    VAE encode/decode (posterior mean): the ceiling on prompt accuracy that the VAE allows."""
+    rec = vae.decode(vae.encode(images.to(device)).latent_dist.mean).sample.clamp(-1, 1).float().cpu()
+    return _accuracies(oracle, rec, scenes)[0]
+
+
 def _accuracies(oracle, images: torch.Tensor, scenes: list[D.Scene]) -> tuple[float, dict]:
     from lumenkit.t2i.oracle import verdicts
 
@@ -228,6 +236,7 @@ def evaluate(model_dir: str | Path | None = None, cfg: EvalConfig | None = None,
         "rows": rows,
         "oracle_accuracy": heldout_accuracy(oracle, n=2000, seed=cfg.seed + 4242, device=device),
         "vae_psnr_db": vae_psnr(pipe.vae.float(), 256, cfg.seed, device),
+        "vae_roundtrip_accuracy": vae_roundtrip_accuracy(pipe.vae.float(), oracle, real_same, scenes, device),
         "clip_score_real": float(scorer(real_same, captions).mean()),
         "frechet_real_vs_real": frechet_distance(oracle.embed(real_same), real_feats),
     }
@@ -265,6 +274,8 @@ def markdown_report(result: dict) -> str:
                 ["DDIM 20 vs DDPM 1000 (seen+unseen, points)",
                  f"{100 * ((ddim20['acc_seen'] + ddim20['acc_unseen']) - (ddpm['acc_seen'] + ddpm['acc_unseen'])) / 2:+.1f}" if ddpm and ddim20 else "n/a", "within 5"],
                 ["VAE reconstruction PSNR", f"{result['vae_psnr_db']:.2f} dB", ">= 30 dB"],
+                ["prompt accuracy of VAE round trips of real images (the VAE's ceiling)",
+                 f"{100 * result['vae_roundtrip_accuracy']:.1f}%" if "vae_roundtrip_accuracy" in result else "n/a", "diagnostic"],
                 ["oracle accuracy on fresh real images (all attributes)", f"{100 * oa['all']:.2f}%", ">= 99%"],
                 ["CLIP score of the real images of the same prompts", f"{result['clip_score_real']:.2f}", "reference"],
                 ["oracle-feature FD, real vs real (same prompts)", f"{result['frechet_real_vs_real']:.2f}", "reference"],

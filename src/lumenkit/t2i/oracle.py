@@ -109,10 +109,26 @@ def describe(pred: dict[str, torch.Tensor], i: int) -> str:
     return D.Scene((obj,), D.ATTRIBUTE_VALUES["background"][int(pred["background"][i])]).caption()
 
 
+def degrade(images: torch.Tensor, generator: torch.Generator, max_blur: float = 1.5, max_noise: float = 0.06) -> torch.Tensor:
+    """Soften and add noise the way a generator's output is imperfect: per image, a Gaussian blur with
+    sigma ~ U(0, max_blur) px and Gaussian noise with std ~ U(0, max_noise) (on [-1, 1] values).
+    Colours and geometry, the attributes the oracle reads, are unchanged. [B, 3, H, W] -> same."""
+    from kornia.filters import gaussian_blur2d
+
+    b = images.shape[0]
+    sigma = (torch.rand(b, generator=generator) * max_blur).clamp(min=1e-3)
+    blurred = gaussian_blur2d(images, 7, torch.stack([sigma, sigma], dim=1).to(images), border_type="replicate")
+    noise_std = (torch.rand(b, 1, 1, 1, generator=generator) * max_noise).to(images)
+    return (blurred + noise_std * torch.randn(images.shape, generator=generator).to(images)).clamp(-1, 1)
+
+
 @torch.no_grad()
-def heldout_accuracy(model: Oracle, n: int = 2000, seed: int = 31337, device: str | torch.device = "cpu", split: str = "all") -> dict[str, float]:
-    """Accuracy per attribute and on all attributes at once, on n fresh images never seen in training."""
+def heldout_accuracy(model: Oracle, n: int = 2000, seed: int = 31337, device: str | torch.device = "cpu", split: str = "all",
+                     degraded: bool = False) -> dict[str, float]:
+    """Accuracy per attribute and on all attributes at once, on n fresh images never seen in training
+    (with `degraded`, after :func:`degrade` at its maximum strength range)."""
     rng = np.random.default_rng([seed, 99])
     b = D.make_batch(rng, n, split)
-    ok = verdicts(model.predict(b.images.to(device)), b.scenes)
+    images = degrade(b.images, torch.Generator().manual_seed(seed)) if degraded else b.images
+    ok = verdicts(model.predict(images.to(device)), b.scenes)
     return {k: float(v.float().mean()) for k, v in ok.items()}

@@ -122,6 +122,7 @@ class OracleConfig(StageConfig):
     warmup_steps: int = 50
     amp: bool = False
     eval_images: int = 2000  # fresh images for the final held-out accuracy
+    augment: bool = True  # train on oracle.degrade()d images too (generated images are softer than renders)
 
 
 STAGE_CONFIGS = {"clip": ClipConfig, "vae": VaeConfig, "unet": UnetConfig, "oracle": OracleConfig}
@@ -522,7 +523,7 @@ def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch
 # ------------------------------------------------------------------------------------------ oracle
 def run_oracle(out: str | Path, cfg: OracleConfig | None = None, device: str | torch.device = "cpu", progress: bool = True) -> dict:
     """Train the attribute oracle on fresh procedural images of every combination; writes out/oracle."""
-    from lumenkit.t2i.oracle import Oracle, heldout_accuracy, oracle_loss
+    from lumenkit.t2i.oracle import Oracle, degrade, heldout_accuracy, oracle_loss
 
     cfg = cfg or OracleConfig()
     device = torch.device(device)
@@ -532,8 +533,12 @@ def run_oracle(out: str | Path, cfg: OracleConfig | None = None, device: str | t
 
     def step_fn(step: int) -> torch.Tensor:
         b = D.make_batch(batch_rng(cfg.seed, step), cfg.batch_size, "all")
+        images = b.images
+        if cfg.augment:  # half of each batch degraded, half clean
+            half = images.shape[0] // 2
+            images = torch.cat([images[:half], degrade(images[half:], torch_gen(cfg.seed + 2, step))])
         with autocast(cfg, device):
-            logits = model(b.images.to(device))
+            logits = model(images.to(device))
         return oracle_loss(logits, D.labels_tensor(b.scenes))
 
     res = train_loop("oracle", out / "oracle_train", cfg, model, step_fn, progress=progress)
@@ -542,6 +547,7 @@ def run_oracle(out: str | Path, cfg: OracleConfig | None = None, device: str | t
     acc = heldout_accuracy(model, n=cfg.eval_images, seed=cfg.seed + 31337, device=device)
     summary = _stage_summary("oracle", res, cfg)
     summary["heldout_accuracy"] = acc
+    summary["heldout_accuracy_degraded"] = heldout_accuracy(model, n=cfg.eval_images, seed=cfg.seed + 31337, device=device, degraded=True)
     return summary
 
 
