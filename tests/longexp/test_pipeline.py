@@ -175,3 +175,58 @@ def test_cli_synth_and_run_static_shaky_scene(tmp_path):
     naive = np.mean([read_image(f, keep_alpha=False) for f in sorted((tmp_path / "s" / "burst").glob("*.png"))], 0)
     assert psnr(res[8:-8, 8:-8], truth[8:-8, 8:-8]) > 33.0
     assert psnr(res[8:-8, 8:-8], truth[8:-8, 8:-8]) > psnr(naive[8:-8, 8:-8], truth[8:-8, 8:-8]) + 3.0
+
+
+def test_half_res_buffers_average_radiance_in_linear_light():
+    """A fine checkerboard of black and clipped white: the half-resolution buffers must hold the mean
+    radiance 0.5 (area downsampling in linear light; it was averaged sRGB codes, 0.21 linear), and the
+    soft-gamma buffer is built at full resolution before downsampling (0.5, not gamma_s(0.5) = 0.25)."""
+    from lumenkit.longexp.pipeline import LongExpConfig, prepare
+
+    h, w = 96, 128
+    board = ((np.indices((h, w)).sum(0) % 2) == 0).astype(np.float32)
+    rng = np.random.default_rng(1)
+    tex = np.clip(_texture(rng, h, w, 30), 0, 1)  # corners so that alignment has tracks
+    frame = tex.copy()
+    frame[24:72, 32:96] = board[24:72, 32:96, None]
+    prep = prepare([frame, frame.copy()], LongExpConfig(select_frames=False))
+    lin = prep.render_frames[0][:, 16:32, 22:42]  # inside the board at half resolution
+    assert abs(float(lin.mean()) - 0.5) < 0.03, float(lin.mean())
+    enc = prep.soft_gamma_frames(3.0)[0][:, 16:32, 22:42]
+    assert abs(float(enc.mean()) - 0.5) < 0.03, float(enc.mean())
+
+
+def test_flow_with_prior_recovers_motion_beyond_the_search_range():
+    """The temporal prior's candidate: DIS searched around a prior flow and composed with it."""
+    from lumenkit.longexp.motion import flow_with_prior
+
+    rng = np.random.default_rng(3)
+    img = (np.clip(_texture(rng, 120, 200, 40).mean(-1), 0, 1) * 255).astype(np.uint8)
+    shift = 45.0
+    a = img[:, 50:170].copy()
+    b = img[:, int(50 - shift) : int(170 - shift)].copy()  # content moved +45 px
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    prior = np.zeros((120, 120, 2), np.float32)
+    prior[..., 0] = 40.0  # roughly right
+    f = flow_with_prior(dis, a, b, prior)
+    inner = f[20:-20, 20:-60]  # where b still holds a's content
+    assert np.median(np.abs(inner[..., 0] - shift)) < 0.5 and np.median(np.abs(inner[..., 1])) < 0.5
+
+
+def test_temporal_prior_fixes_a_wrong_match():
+    """temporal_prior_refine replaces a flow that warps badly by the constant-velocity candidate."""
+    from lumenkit.longexp.motion import temporal_prior_refine
+
+    h, w, v = 40, 160, 18
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+
+    def layer(x):  # one blurred light at (x, 20)
+        return (np.exp(-((xs - x) ** 2 + (ys - 20) ** 2) / (2 * 4.0**2)) * 255).astype(np.uint8)
+
+    layers = [layer(30 + v * k) for k in range(3)]
+    good = np.zeros((h, w, 2), np.float32)
+    good[..., 0] = v
+    wrong = np.zeros((h, w, 2), np.float32)  # pair 1 forward flow lost the light
+    fwd, bwd = temporal_prior_refine(layers, [good, wrong], [-good, -good], cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    assert abs(float(fwd[1][20, 30 + v, 0]) - v) < 1.0  # the light at frame 1 moves +v again
+    assert np.array_equal(fwd[0], good)  # the first pair has no prior for its forward flow

@@ -106,6 +106,54 @@ def _highlights(frame: torch.Tensor, rel: float = 0.8, floor: float = 0.45) -> n
     return np.clip((g - thr) / max(1.0 - thr, 1e-3) * 4, 0, 1).astype(np.float32)
 
 
+def flow_with_prior(dis, a: np.ndarray, b: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Flow a -> b [h, w, 2] searched around a prior flow: warp b back by the prior, estimate the
+    residual motion with `dis` (a cv2 DenseOpticalFlow) and compose, F(p) = r(p) + prior(p + r(p)).
+    (OpenCV's DIS binding does not take an initial flow.)"""
+    h, w = a.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    prior = np.ascontiguousarray(prior, dtype=np.float32)
+    bw = cv2.remap(b, xs + prior[..., 0], ys + prior[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    r = dis.calc(a, bw, None)
+    return r + cv2.remap(prior, xs + r[..., 0], ys + r[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def warp_error(a: np.ndarray, b: np.ndarray, flow: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Local photometric error |a(p) - b(p + flow(p))| (Gaussian-averaged, sigma px) of a flow a -> b.
+    a, b: [h, w] uint8 or float; flow [h, w, 2]. Returns [h, w] float32."""
+    h, w = a.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    bw = cv2.remap(b.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.GaussianBlur(np.abs(a.astype(np.float32) - bw), (0, 0), sigma)
+
+
+def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset: int) -> tuple[list, list]:
+    """Constant-velocity prior across the burst: content at p in frame k that arrived with motion
+    -F_{k->k-1}(p) most likely leaves with F_{k->k+1}(p) ~ -F_{k->k-1}(p) (and likewise backwards).
+
+    For every pair, a second DIS estimate searched around that prior (flow_with_prior) competes with
+    the plain estimate per pixel; the one with the lower local warping error wins. This resolves
+    ambiguous matches (two similar lights or balls that cross: the plain coarse-to-fine search snaps
+    to the nearer one). layers: per-frame uint8 images [h, w] (None: no layer in that frame);
+    fwd[k] / bwd[k]: flows k -> k+1 / k+1 -> k [h, w, 2] or None. Returns refined (fwd, bwd)."""
+    K = len(fwd)
+    dis = cv2.DISOpticalFlow_create(preset)
+    out_f, out_b = list(fwd), list(bwd)
+    for k in range(K):
+        a, b = layers[k], layers[k + 1]
+        if a is None or b is None or fwd[k] is None:
+            continue
+        if k > 0 and bwd[k - 1] is not None:
+            cand = flow_with_prior(dis, a, b, -bwd[k - 1])
+            better = warp_error(a, b, cand) < warp_error(a, b, fwd[k])
+            out_f[k] = np.where(better[..., None], cand, fwd[k])
+        if k < K - 1 and fwd[k + 1] is not None:
+            cand = flow_with_prior(dis, b, a, -fwd[k + 1])
+            better = warp_error(b, a, cand) < warp_error(b, a, bwd[k])
+            out_b[k] = np.where(better[..., None], cand, bwd[k])
+    return out_f, out_b
+
+
 @dataclass
 class OpticalFlowPredictor:
     """OpenCV DIS optical flow in both directions turned into line vectors with W = 1/2.
@@ -113,43 +161,76 @@ class OpticalFlowPredictor:
     Delta_k = -F_{k->k+1} and Delta_{k+1} = -F_{k+1->k}, each swept along the motion (sweep_lines) so
     lines reach content that crosses a pixel during the interval. Near clipped highlights (small
     bright lights that DIS loses among textured surroundings), the flow comes from DIS on the blurred
-    highlight layer alone (highlight_sigma in fractions of the diagonal).
+    highlight layer alone (highlight_sigma in fractions of the diagonal). On a whole burst
+    (predict_burst), temporal_prior adds the constant-velocity candidates of temporal_prior_refine to
+    both layers' flows.
     """
 
     preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
     sweep: bool = True
     highlight_flow: bool = True
     highlight_sigma: float = 0.015
+    highlight_preset: int = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST
+    temporal_prior: bool = True
 
     def flow(self, a: np.ndarray, b: np.ndarray, preset: int | None = None) -> np.ndarray:
         dis = cv2.DISOpticalFlow_create(self.preset if preset is None else preset)
         return dis.calc(a, b, None)
 
-    def _fused(self, fa: torch.Tensor, fb: torch.Tensor, ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
-        f = self.flow(ga, gb)
-        if not self.highlight_flow:
+    def _highlight_layer(self, frame: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """(blurred highlight layer uint8 [h, w], highlight mask [h, w]) or None without highlights."""
+        h = _highlights(frame)
+        if h.sum() < 2:
+            return None
+        s = self.highlight_sigma * float(np.hypot(*h.shape))
+        lay = cv2.GaussianBlur(h, (0, 0), s)
+        return np.clip(lay / max(float(lay.max()), 1e-6) * 255, 0, 255).astype(np.uint8), h
+
+    @staticmethod
+    def _fuse(f: np.ndarray, fh: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray:
+        if fh is None or mask is None:
             return f
-        ha, hb = _highlights(fa), _highlights(fb)
-        if ha.sum() < 2 or hb.sum() < 2:
-            return f
-        s = self.highlight_sigma * float(np.hypot(*ha.shape))
-        la, lb = (cv2.GaussianBlur(m, (0, 0), s) for m in (ha, hb))
-        la8, lb8 = (np.clip(m / max(float(m.max()), 1e-6) * 255, 0, 255).astype(np.uint8) for m in (la, lb))
-        fh = self.flow(la8, lb8, cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        alpha = np.clip(cv2.GaussianBlur(ha, (0, 0), 1.5) * 3, 0, 1)[..., None]
+        alpha = np.clip(cv2.GaussianBlur(mask, (0, 0), 1.5) * 3, 0, 1)[..., None]
         return alpha * fh + (1 - alpha) * f
 
-    def __call__(self, frame_a: torch.Tensor, frame_b: torch.Tensor) -> PairMotion:
-        ga, gb = _flow_gray(frame_a), _flow_gray(frame_b)
-        fab = torch.from_numpy(self._fused(frame_a, frame_b, ga, gb)).permute(2, 0, 1).to(frame_a)
-        fba = torch.from_numpy(self._fused(frame_b, frame_a, gb, ga)).permute(2, 0, 1).to(frame_a)
-        da, db = (sweep_lines(fab), sweep_lines(fba)) if self.sweep else (-fab, -fba)
-        half = torch.full_like(fab[:1], 0.5)
+    def _motion(self, fab: np.ndarray, fba: np.ndarray, like: torch.Tensor) -> PairMotion:
+        fab_t = torch.from_numpy(np.ascontiguousarray(fab, dtype=np.float32)).permute(2, 0, 1).to(like)
+        fba_t = torch.from_numpy(np.ascontiguousarray(fba, dtype=np.float32)).permute(2, 0, 1).to(like)
+        da, db = (sweep_lines(fab_t), sweep_lines(fba_t)) if self.sweep else (-fab_t, -fba_t)
+        half = torch.full_like(fab_t[:1], 0.5)
         return PairMotion(da, db, half, half.clone())
+
+    def predict_burst(self, frames: list[torch.Tensor]) -> list[PairMotion]:
+        """PairMotion for every consecutive pair of aligned linear frames [3, h, w] (K = len - 1)."""
+        K = len(frames) - 1
+        grays = [_flow_gray(f) for f in frames]
+        fwd = [self.flow(grays[k], grays[k + 1]) for k in range(K)]
+        bwd = [self.flow(grays[k + 1], grays[k]) for k in range(K)]
+        hl = [self._highlight_layer(f) for f in frames] if self.highlight_flow else [None] * len(frames)
+        lay = [h[0] if h is not None else None for h in hl]
+        both = [lay[k] is not None and lay[k + 1] is not None for k in range(K)]
+        hf = [self.flow(lay[k], lay[k + 1], self.highlight_preset) if both[k] else None for k in range(K)]
+        hb = [self.flow(lay[k + 1], lay[k], self.highlight_preset) if both[k] else None for k in range(K)]
+        if self.temporal_prior and K > 1:
+            fwd, bwd = temporal_prior_refine(grays, fwd, bwd, self.preset)
+            hf, hb = temporal_prior_refine(lay, hf, hb, self.highlight_preset)
+        out = []
+        for k in range(K):
+            ma = hl[k][1] if both[k] else None
+            mb = hl[k + 1][1] if both[k] else None
+            out.append(self._motion(self._fuse(fwd[k], hf[k], ma), self._fuse(bwd[k], hb[k], mb), frames[k]))
+        return out
+
+    def __call__(self, frame_a: torch.Tensor, frame_b: torch.Tensor) -> PairMotion:
+        """One pair on its own (no temporal prior)."""
+        return OpticalFlowPredictor(**{**self.__dict__, "temporal_prior": False}).predict_burst([frame_a, frame_b])[0]
 
 
 def predict_all(frames: list[torch.Tensor], predictor: MotionPredictor) -> list[PairMotion]:
-    """PairMotion for every consecutive pair of aligned frames (K = len(frames) - 1 pairs)."""
+    """PairMotion for every consecutive pair of aligned frames (K = len(frames) - 1 pairs); a predictor
+    with a predict_burst method (temporal context across pairs) gets the whole burst at once."""
+    if hasattr(predictor, "predict_burst"):
+        return predictor.predict_burst(frames)
     return [predictor(frames[k], frames[k + 1]) for k in range(len(frames) - 1)]
 
 

@@ -19,7 +19,7 @@ from lumenkit.common.images import linear_to_srgb, srgb_to_linear, write_image
 from lumenkit.longexp import composite as comp
 from lumenkit.longexp.align import Alignment, align_burst, to_gray8
 from lumenkit.longexp.motion import MotionPredictor, OpticalFlowPredictor, PairMotion, flow_to_color, predict_all
-from lumenkit.longexp.render import RenderConfig, render_blur
+from lumenkit.longexp.render import RenderConfig, render_blur, soft_gamma
 
 
 @dataclass
@@ -60,6 +60,18 @@ class Prepared:
     sharp: np.ndarray  # aligned linear [H, W, 3] regular exposure (full resolution)
     analysis_scale: float
     timings: dict = field(default_factory=dict)
+    # soft-gamma encoded render-resolution frames per k (eq. 9 applied at full resolution, then
+    # downsampled), built on demand by soft_gamma_frames
+    encoded_frames: dict = field(default_factory=dict)
+
+    def soft_gamma_frames(self, k: float) -> list[torch.Tensor]:
+        """Aligned render-resolution frames [3, h, w] encoded with soft gamma k (cached)."""
+        if k not in self.encoded_frames:
+            H, W = self.sharp.shape[:2]
+            size = tuple(self.render_frames[0].shape[-2:])
+            dev = self.render_frames[0].device
+            self.encoded_frames[k] = [torch.from_numpy(half_res_buffers(f, Hf, size, k, None)[1]).to(dev) for f, Hf in zip(self.frames, self.homographies)]
+        return self.encoded_frames[k]
 
 
 @dataclass
@@ -119,6 +131,32 @@ def warp(img: np.ndarray, H: np.ndarray) -> np.ndarray:
     return cv2.warpPerspective(img, H, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def half_res_buffers(frame: np.ndarray, H: np.ndarray, size: tuple[int, int], k: float | None, flow_size: tuple[int, int] | None):
+    """The aligned low-resolution buffers of one full-resolution sRGB frame [H, W, 3].
+
+    Linearise at full resolution, area-downsample in linear light (a box filter on radiance, so a small
+    clipped light keeps its energy), then warp into the base frame at the low resolution (homography H:
+    full-resolution frame -> base). With k, also the soft-gamma buffer of seed eq. 9: gamma_s(., k)
+    applied to the full-resolution linear frame *before* downsampling (the downsampling is an average
+    like the blur itself, and a clipped highlight that covers a fraction of a half-resolution pixel must
+    keep its emphasis). With flow_size (different from size), the linear frame for optical flow at that
+    size. Returns (linear [3, h, w], encoded [3, h, w] or None, flow [3, hf, wf] or None) float32."""
+    Hh, Ww = frame.shape[:2]
+    lin = to_linear(frame)
+
+    def low(img: np.ndarray, sz: tuple[int, int]) -> np.ndarray:
+        out = warp(_resize(img, sz), _scale_h(H, sz[1] / Ww))
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+    lin_r = low(lin, size)
+    flow = low(lin, flow_size) if flow_size is not None and tuple(flow_size) != tuple(size) else None
+    enc = None
+    if k is not None:
+        np.clip(lin, 0.0, 1.0, out=lin)
+        enc = low(soft_gamma(torch.from_numpy(lin), k).numpy(), size)
+    return lin_r, enc, flow
+
+
 def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredictor | None = None, device: torch.device | str = "cpu") -> Prepared:
     """Alignment, frame selection, aligned render-resolution frames, motion and the sharp exposure."""
     t0 = time.perf_counter()
@@ -135,17 +173,19 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
 
     t1 = time.perf_counter()
     r_size = _size(H, W, cfg.render_scale)
-    s_r = r_size[1] / W
-    render_frames = []
-    for f, Hf in zip(frames, hs_full):
-        small = _resize(f, r_size)
-        lin = to_linear(warp(small, _scale_h(Hf, s_r)))
-        render_frames.append(torch.from_numpy(np.ascontiguousarray(lin.transpose(2, 0, 1))).to(device))
     s_fl = min(1.0, cfg.flow_long_side / max(H, W))
     fl_size = _size(H, W, s_fl)
-    flow_frames = [torch.nn.functional.interpolate(f[None], size=fl_size, mode="area")[0] if fl_size != r_size else f for f in render_frames]
+    k_sg = cfg.render.k if cfg.render.soft_gamma else None
+    render_frames, encoded, flow_frames = [], [], []
+    for f, Hf in zip(frames, hs_full):
+        lin, enc, fl = half_res_buffers(f, Hf, r_size, k_sg, fl_size)
+        render_frames.append(torch.from_numpy(lin).to(device))
+        if enc is not None:
+            encoded.append(torch.from_numpy(enc).to(device))
+        flow_frames.append(torch.from_numpy(fl).to(device) if fl is not None else render_frames[-1])
     predictor = predictor or OpticalFlowPredictor()
     motions = [m.resized(r_size) for m in predict_all(flow_frames, predictor)]
+    del flow_frames
     tm["motion_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -158,14 +198,20 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
         others = (warp_linear(frames[i], hs_full[i]) for i in idx)
         sharp = comp.robust_merge(sharp, others, small[sharp_index], [small[i] for i in idx])
     tm["sharp_s"] = time.perf_counter() - t2
-    return Prepared(frames, hs_full, al, render_frames, motions, sharp_index, sharp.astype(np.float32), s_an, tm)
+    prep = Prepared(frames, hs_full, al, render_frames, motions, sharp_index, sharp.astype(np.float32), s_an, tm)
+    if k_sg is not None:
+        prep.encoded_frames[k_sg] = encoded
+    return prep
 
 
 def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> Result:
     """Render the blur (cfg.render) and composite it with the sharp exposure at full resolution."""
     t0 = time.perf_counter()
     H, W = prep.sharp.shape[:2]
-    blur_r = render_blur(prep.render_frames, prep.motions, cfg.render)
+    if cfg.render.soft_gamma:  # buffers encoded at full resolution before downsampling (eq. 9)
+        blur_r = render_blur(prep.soft_gamma_frames(cfg.render.k), prep.motions, cfg.render, encoded=True)
+    else:
+        blur_r = render_blur(prep.render_frames, prep.motions, cfg.render)
     blur_r = blur_r.permute(1, 2, 0).cpu().numpy() * cfg.gain
     blur = _resize(blur_r, (H, W))
     tm = dict(prep.timings, render_s=time.perf_counter() - t0)

@@ -243,15 +243,16 @@ class RenderConfig:
     n_max: int = 33
 
 
-def render_blur(frames: list[torch.Tensor], motions: list[PairMotion], cfg: RenderConfig = RenderConfig()) -> torch.Tensor:
+def render_blur(frames: list[torch.Tensor], motions: list[PairMotion], cfg: RenderConfig = RenderConfig(), encoded: bool = False) -> torch.Tensor:
     """Accumulated motion blur of K + 1 aligned linear frames [3, H, W] with K PairMotion on the same grid.
 
     2K passes: for pair k, frame k along its line/spline towards frame k+1's time and frame k+1 back
     towards frame k's, each weighted by its W map; soft gamma (k, then 1/k) around the accumulation.
-    Returns linear [3, H, W]."""
+    encoded: the frames are already soft-gamma encoded with cfg.k (the pipeline encodes at full
+    resolution before downsampling); only the inverse is applied. Returns linear [3, H, W]."""
     if len(frames) != len(motions) + 1:
         raise ValueError(f"render_blur: {len(frames)} frames need {len(frames) - 1} pair motions, got {len(motions)}")
-    imgs = [soft_gamma(f, cfg.k) if cfg.soft_gamma else f for f in frames]
+    imgs = [soft_gamma(f, cfg.k) if cfg.soft_gamma and not encoded else f for f in frames]
     tangents = frame_tangents(motions) if cfg.spline else None
     num = torch.zeros_like(frames[0])
     den = torch.zeros_like(frames[0][:1])
