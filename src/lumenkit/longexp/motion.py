@@ -127,6 +127,10 @@ def warp_error(a: np.ndarray, b: np.ndarray, flow: np.ndarray, sigma: float = 2.
     return cv2.GaussianBlur(np.abs(a.astype(np.float32) - bw), (0, 0), sigma)
 
 
+PRIOR_MARGIN = 0.7  # the prior's candidate must warp with a clearly lower error than the plain one's
+PRIOR_SIGMA = 0.0125  # warping errors are compared averaged over this Gaussian (fraction of the diagonal)
+
+
 def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset: int) -> tuple[list, list]:
     """Constant-velocity prior across the burst: content at p in frame k that arrived with motion
     -F_{k->k-1}(p) most likely leaves with F_{k->k+1}(p) ~ -F_{k->k-1}(p) (and likewise backwards).
@@ -134,10 +138,14 @@ def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset
     For every pair, a second DIS estimate searched around that prior (flow_with_prior) competes with
     the plain estimate per pixel; the one with the lower local warping error wins. This resolves
     ambiguous matches (two similar lights or balls that cross: the plain coarse-to-fine search snaps
-    to the nearer one). layers: per-frame uint8 images [h, w] (None: no layer in that frame);
+    to the nearer one). The errors are compared after a Gaussian average (PRIOR_SIGMA of the diagonal)
+    and the prior must win by a margin (PRIOR_MARGIN), so that noise does not pick between two equally
+    good flows pixel by pixel. layers: per-frame uint8 images [h, w] (None: no layer in that frame);
     fwd[k] / bwd[k]: flows k -> k+1 / k+1 -> k [h, w, 2] or None. Returns refined (fwd, bwd)."""
     K = len(fwd)
     dis = cv2.DISOpticalFlow_create(preset)
+    shape = next((x.shape for x in layers if x is not None), (1, 1))
+    sig = max(1.0, PRIOR_SIGMA * float(np.hypot(*shape[:2])))
     out_f, out_b = list(fwd), list(bwd)
     for k in range(K):
         a, b = layers[k], layers[k + 1]
@@ -145,11 +153,11 @@ def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset
             continue
         if k > 0 and bwd[k - 1] is not None:
             cand = flow_with_prior(dis, a, b, -bwd[k - 1])
-            better = warp_error(a, b, cand) < warp_error(a, b, fwd[k])
+            better = warp_error(a, b, cand, sig) < PRIOR_MARGIN * warp_error(a, b, fwd[k], sig)
             out_f[k] = np.where(better[..., None], cand, fwd[k])
         if k < K - 1 and fwd[k + 1] is not None:
             cand = flow_with_prior(dis, b, a, -fwd[k + 1])
-            better = warp_error(b, a, cand) < warp_error(b, a, bwd[k])
+            better = warp_error(b, a, cand, sig) < PRIOR_MARGIN * warp_error(b, a, bwd[k], sig)
             out_b[k] = np.where(better[..., None], cand, bwd[k])
     return out_f, out_b
 
