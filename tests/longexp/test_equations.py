@@ -168,3 +168,24 @@ def test_bilinear_lookup_matches_grid_sample():
         img[None], torch.stack([pos[0] / 39 * 2 - 1, pos[1] / 29 * 2 - 1], -1)[None, None], mode="bilinear", padding_mode="border", align_corners=True
     )[0, :, 0]
     assert (bilinear(img, pos) - ref).abs().max() < 2e-2  # cv2.remap interpolates with 1/32-px weights
+
+
+def test_occlusion_check_keeps_the_background_under_a_passing_object():
+    """A swept line reaches a moving object across static background: with the content's own motion
+    (PairMotion.own_*), background samples on the line are not the content that passes over the pixel,
+    so the pixel keeps its own background for that part of the interval instead of a smear of others."""
+    h, w, v = 3, 48, 20.0
+    img = torch.zeros(1, h, w)
+    img[..., 10:14] = 1.0  # object, 4 px wide, moving +20 px
+    img[..., 29:32] = 0.8  # bright static background around x = 30
+    flow = torch.zeros(2, h, w)
+    flow[0, :, 10:14] = v
+    lines = sweep_lines(flow)
+    assert float(lines[0, 1, 30]) == -v  # the line at x = 30 reaches back to the object
+    kw = dict(ramp=False, step=0.25, n_max=129)
+    smear = float(accumulate_pass(img, lines, **kw)[0, 1, 30])
+    occl = float(accumulate_pass(img, lines, own=-flow, **kw)[0, 1, 30])
+    # the object covers x = 30 for ~4/20 of the interval; the background is 0.8 the rest of the time
+    expected = 0.2 * 1.0 + 0.8 * 0.8
+    assert abs(occl - expected) < 0.05, (occl, expected)
+    assert abs(smear - expected) > 0.3, smear  # without the check: the dark background in between

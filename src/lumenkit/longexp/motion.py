@@ -23,12 +23,17 @@ class PairMotion:
 
     delta_a, delta_b: [2, h, w] (x, y) line vectors in pixels of that grid, for frames k and k+1.
     weight_a, weight_b: [1, h, w] weights (sum to 1 where the predictor trusts both frames).
+    own_a, own_b: optional [2, h, w] line vectors of each pixel's own content (-F before sweeping);
+    where they differ from delta, the line reaches other content that passes over the pixel, and the
+    renderer checks each sample for that content (occlusion handling). None: lines are own motion.
     """
 
     delta_a: torch.Tensor
     delta_b: torch.Tensor
     weight_a: torch.Tensor
     weight_b: torch.Tensor
+    own_a: torch.Tensor | None = None
+    own_b: torch.Tensor | None = None
 
     def resized(self, size: tuple[int, int]) -> "PairMotion":
         """Bilinear upsampling to (h, w) with vectors rescaled to the new pixel size."""
@@ -41,7 +46,8 @@ class PairMotion:
         def up(t: torch.Tensor) -> torch.Tensor:
             return F.interpolate(t[None], size=(h, w), mode="bilinear", align_corners=False)[0]
 
-        return PairMotion(up(self.delta_a) * scale, up(self.delta_b) * scale, up(self.weight_a), up(self.weight_b))
+        own = [up(o) * scale if o is not None else None for o in (self.own_a, self.own_b)]
+        return PairMotion(up(self.delta_a) * scale, up(self.delta_b) * scale, up(self.weight_a), up(self.weight_b), *own)
 
     @property
     def magnitude(self) -> torch.Tensor:
@@ -204,9 +210,10 @@ class OpticalFlowPredictor:
     def _motion(self, fab: np.ndarray, fba: np.ndarray, like: torch.Tensor) -> PairMotion:
         fab_t = torch.from_numpy(np.ascontiguousarray(fab, dtype=np.float32)).permute(2, 0, 1).to(like)
         fba_t = torch.from_numpy(np.ascontiguousarray(fba, dtype=np.float32)).permute(2, 0, 1).to(like)
-        da, db = (sweep_lines(fab_t), sweep_lines(fba_t)) if self.sweep else (-fab_t, -fba_t)
         half = torch.full_like(fab_t[:1], 0.5)
-        return PairMotion(da, db, half, half.clone())
+        if not self.sweep:
+            return PairMotion(-fab_t, -fba_t, half, half.clone())
+        return PairMotion(sweep_lines(fab_t), sweep_lines(fba_t), half, half.clone(), -fab_t, -fba_t)
 
     def predict_burst(self, frames: list[torch.Tensor]) -> list[PairMotion]:
         """PairMotion for every consecutive pair of aligned linear frames [3, h, w] (K = len - 1)."""

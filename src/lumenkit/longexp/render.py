@@ -112,6 +112,8 @@ def accumulate_pass(
     step: float = 1.0,
     n_max: int = 65,
     min_length: float = 0.5,
+    own: torch.Tensor | None = None,
+    tolerance: tuple[float, float] = (0.3, 1.0),
 ) -> torch.Tensor:
     """One pass: normalised weighted mean of img along each pixel's path. Returns [C, H, W].
 
@@ -120,6 +122,12 @@ def accumulate_pass(
     path (eq. 8: compensates uneven spatial spacing of uniform t samples) when speed_weight and the
     path is curved. N per pixel = path length / step + 1, rounded up to a bucket in N_BUCKETS; paths
     shorter than min_length px (invisible blur) keep the pixel itself.
+
+    own [2, H, W] (occlusion handling): img's own line vectors before sweeping. Where delta differs
+    from own (the line reaches content that passes over the pixel), a sample at p counts in
+    proportion to c = exp(-|own(p) - delta|^2 / (2 (tolerance[0] |delta| + tolerance[1])^2)), i.e. only
+    if the content there really moves along the line; the rest of the weight goes to the pixel's own
+    content (the pass along its own line): a static background is not smeared along a passing object.
     """
     c, h, w = img.shape
     straight = mu0 is None
@@ -135,6 +143,13 @@ def accumulate_pass(
     buckets = torch.tensor([b for b in N_BUCKETS if b <= max(n_max, 2)], device=dev)
     bidx = torch.bucketize(need.clamp(max=float(buckets[-1])).reshape(-1), buckets.float())
     moving = length.reshape(-1) > min_length
+    if own is not None:
+        swept = (vnorm(own - delta) > 0.5).reshape(-1)
+        if bool(swept.any()):
+            fallback = accumulate_pass(img, own, ramp=ramp, speed_weight=speed_weight, step=step, n_max=n_max, min_length=min_length).reshape(c, -1)
+            own_hwc = np.ascontiguousarray(own.permute(1, 2, 0).numpy()) if own.device.type == "cpu" else None
+        else:
+            own = None
     for bi, n in enumerate(buckets.tolist()):
         sel = torch.nonzero(moving & (bidx == bi)).squeeze(1)
         if sel.numel() == 0:
@@ -162,7 +177,16 @@ def accumulate_pass(
                     sp = sp / sp.mean(0, keepdim=True).clamp(min=1e-6)
                     wts = wts * torch.where(sp.mean(0, keepdim=True) > 0, sp, torch.ones_like(sp))
             vals = bilinear(img, pos, hwc)  # [C, N, M]
-            flat_out[:, ids] = (vals * wts[None]).sum(1) / wts.sum(0).clamp(min=1e-12)[None]
+            wsum = wts.sum(0).clamp(min=1e-12)
+            if own is None:
+                flat_out[:, ids] = (vals * wts[None]).sum(1) / wsum[None]
+                continue
+            miss = vnorm(bilinear(own, pos, own_hwc) - d[:, None])  # [N, M] own motion vs the line
+            cn = torch.exp(-0.5 * (miss / (tolerance[0] * vnorm(d)[None] + tolerance[1])) ** 2)
+            cn = torch.where(swept[ids][None], cn, torch.ones_like(cn))
+            wc = wts * cn
+            cover = wc.sum(0) / wsum
+            flat_out[:, ids] = (vals * wc[None]).sum(1) / wsum[None] + (1 - cover)[None] * fallback[:, ids]
     return out
 
 
@@ -238,6 +262,7 @@ class RenderConfig:
     soft_gamma: bool = True
     k: float = 3.0
     speed_weight: bool = True
+    occlusion: bool = True  # check swept-line samples against the content's own motion (needs PairMotion.own_*)
     step: float | None = None  # path sample spacing in render-grid px; None: max(1, diagonal / 720),
     # so N depends on the relative path length only and the cost grows linearly with the pixel count
     n_max: int = 33
@@ -262,7 +287,8 @@ def render_blur(frames: list[torch.Tensor], motions: list[PairMotion], cfg: Rend
     # nearly static pixels sharp anyway) -- also resolution-relative, so the cost stays linear
     kw = dict(ramp=cfg.ramp, speed_weight=cfg.speed_weight, step=step, n_max=cfg.n_max, min_length=max(0.5, 0.5 * step))
     for k, m in enumerate(motions):
-        for img, delta, wmap, i, j in ((imgs[k], m.delta_a, m.weight_a, k, k + 1), (imgs[k + 1], m.delta_b, m.weight_b, k + 1, k)):
+        for img, delta, own, wmap, i, j in ((imgs[k], m.delta_a, m.own_a, m.weight_a, k, k + 1), (imgs[k + 1], m.delta_b, m.own_b, m.weight_b, k + 1, k)):
+            kw["own"] = own if cfg.occlusion else None
             if tangents is None:
                 acc = accumulate_pass(img, delta, **kw)
             else:
