@@ -15,7 +15,7 @@ from lumenkit.longexp.align import BACKGROUND_SELECTION, FOREGROUND_SELECTION, s
 from lumenkit.longexp.data import SynthBurst, SynthConfig, synthesize
 from lumenkit.longexp.pipeline import LongExpConfig, aligned_average, finish, naive_average, prepare, with_render
 
-METHODS = ("naive average", "aligned average", "flow straight-line blur", "full pipeline", "no ramp", "no spline", "no soft gamma")
+METHODS = ("naive average", "aligned average", "flow straight-line blur", "full pipeline", "no ramp", "no spline", "no soft gamma", "no occlusion check")
 
 
 def to_display(img: np.ndarray) -> np.ndarray:
@@ -38,14 +38,15 @@ def trail_gap(result: np.ndarray, truth: np.ndarray, static: np.ndarray, mask: n
 
 
 def method_configs(base: LongExpConfig) -> dict[str, LongExpConfig]:
-    """The rendered methods: flow straight-line blur (eq. 6 without ramp, soft gamma or compositing),
-    the full pipeline and the one-switch-off ablations."""
+    """The rendered methods: flow straight-line blur (eq. 6 without ramp, soft gamma, occlusion check or
+    compositing), the full pipeline and the one-switch-off ablations."""
     return {
-        "flow straight-line blur": replace(with_render(base, spline=False, ramp=False, soft_gamma=False), composite=False),
+        "flow straight-line blur": replace(with_render(base, spline=False, ramp=False, soft_gamma=False, occlusion=False), composite=False),
         "full pipeline": base,
         "no ramp": with_render(base, ramp=False),
         "no spline": with_render(base, spline=False),
         "no soft gamma": with_render(base, soft_gamma=False),
+        "no occlusion check": with_render(base, occlusion=False),
     }
 
 
