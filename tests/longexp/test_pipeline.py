@@ -230,3 +230,25 @@ def test_temporal_prior_fixes_a_wrong_match():
     fwd, bwd = temporal_prior_refine(layers, [good, wrong], [-good, -good], cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
     assert abs(float(fwd[1][20, 30 + v, 0]) - v) < 1.0  # the light at frame 1 moves +v again
     assert np.array_equal(fwd[0], good)  # the first pair has no prior for its forward flow
+
+
+def test_colour_candidates_see_an_isoluminant_object():
+    """A red disc on grey of the same mean: invisible to DIS on the grey image, found on the red channel."""
+    from lumenkit.longexp.motion import OpticalFlowPredictor
+
+    h, w, v = 64, 96, 6.0
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    rng = np.random.default_rng(4)
+    tex = 0.2 * (0.9 + 0.2 * cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2.0))
+
+    def frame(cx):
+        disc = np.clip(9.0 - np.hypot(xs - cx, ys - 32) + 0.5, 0, 1)
+        img = np.repeat(tex[None], 3, 0)
+        col = np.array([0.4, 0.1, 0.1], np.float32)[:, None, None]  # mean 0.2, like the grey background
+        return torch.from_numpy(img * (1 - disc) + col * disc)
+
+    frames = [frame(40.0), frame(40.0 + v)]
+    for colour, ok in ((False, False), (True, True)):
+        m = OpticalFlowPredictor(sweep=False, colour_candidates=colour, highlight_flow=False).predict_burst(frames)[0]
+        fx = -float(m.delta_a[0, 30:35, 38:43].mean())  # forward flow at the disc
+        assert (abs(fx - v) < 1.0) == ok, (colour, fx)

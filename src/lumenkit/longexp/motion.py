@@ -68,6 +68,13 @@ def _flow_gray(frame: torch.Tensor) -> np.ndarray:
     return (np.clip(g / hi, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def _flow_channels(frame: torch.Tensor) -> np.ndarray:
+    """Linear [3, h, w] -> per-channel contrast-normalised sRGB-like uint8 [h, w, 3] (as _flow_gray)."""
+    g = frame.clamp(min=0).permute(1, 2, 0).cpu().numpy() ** (1 / 2.2)
+    hi = np.maximum(np.percentile(g.reshape(-1, g.shape[-1]), 99.5, axis=0), 1e-3)
+    return np.ascontiguousarray((np.clip(g / hi, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
 def sweep_lines(flow: torch.Tensor, min_len: float = 0.5) -> torch.Tensor:
     """Line vectors from a flow field by sweeping each pixel's motion along its own path.
 
@@ -125,19 +132,31 @@ def flow_with_prior(dis, a: np.ndarray, b: np.ndarray, prior: np.ndarray) -> np.
 
 
 def warp_error(a: np.ndarray, b: np.ndarray, flow: np.ndarray, sigma: float = 2.0) -> np.ndarray:
-    """Local photometric error |a(p) - b(p + flow(p))| (Gaussian-averaged, sigma px) of a flow a -> b.
-    a, b: [h, w] uint8 or float; flow [h, w, 2]. Returns [h, w] float32."""
+    """Local photometric error |a(p) - b(p + flow(p))| (summed over channels, Gaussian-averaged over
+    sigma px) of a flow a -> b. a, b: [h, w] or [h, w, C] uint8 or float; flow [h, w, 2]. Returns [h, w]."""
     h, w = a.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     bw = cv2.remap(b.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.GaussianBlur(np.abs(a.astype(np.float32) - bw), (0, 0), sigma)
+    d = np.abs(a.astype(np.float32) - bw)
+    return cv2.GaussianBlur(d.sum(-1) if d.ndim == 3 else d, (0, 0), sigma)
+
+
+def _error_sigma(shape: tuple) -> float:
+    return max(1.0, PRIOR_SIGMA * float(np.hypot(*shape[:2])))
+
+
+def select_candidate(a: np.ndarray, b: np.ndarray, current: np.ndarray, cand: np.ndarray, sigma: float) -> np.ndarray:
+    """Per pixel, the candidate flow a -> b where it warps with a clearly lower local error
+    (below PRIOR_MARGIN x the current flow's; errors on a, b as given, e.g. colour)."""
+    better = warp_error(a, b, cand, sigma) < PRIOR_MARGIN * warp_error(a, b, current, sigma)
+    return np.where(better[..., None], cand, current)
 
 
 PRIOR_MARGIN = 0.7  # the prior's candidate must warp with a clearly lower error than the plain one's
 PRIOR_SIGMA = 0.0125  # warping errors are compared averaged over this Gaussian (fraction of the diagonal)
 
 
-def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset: int) -> tuple[list, list]:
+def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset: int, check: list | None = None) -> tuple[list, list]:
     """Constant-velocity prior across the burst: content at p in frame k that arrived with motion
     -F_{k->k-1}(p) most likely leaves with F_{k->k+1}(p) ~ -F_{k->k-1}(p) (and likewise backwards).
 
@@ -147,24 +166,22 @@ def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset
     to the nearer one). The errors are compared after a Gaussian average (PRIOR_SIGMA of the diagonal)
     and the prior must win by a margin (PRIOR_MARGIN), so that noise does not pick between two equally
     good flows pixel by pixel. layers: per-frame uint8 images [h, w] (None: no layer in that frame);
-    fwd[k] / bwd[k]: flows k -> k+1 / k+1 -> k [h, w, 2] or None. Returns refined (fwd, bwd)."""
+    fwd[k] / bwd[k]: flows k -> k+1 / k+1 -> k [h, w, 2] or None; check: per-frame images for the
+    warping errors (e.g. colour [h, w, 3]; default: the layers). Returns refined (fwd, bwd)."""
     K = len(fwd)
     dis = cv2.DISOpticalFlow_create(preset)
+    check = check or layers
     shape = next((x.shape for x in layers if x is not None), (1, 1))
-    sig = max(1.0, PRIOR_SIGMA * float(np.hypot(*shape[:2])))
+    sig = _error_sigma(shape)
     out_f, out_b = list(fwd), list(bwd)
     for k in range(K):
         a, b = layers[k], layers[k + 1]
         if a is None or b is None or fwd[k] is None:
             continue
         if k > 0 and bwd[k - 1] is not None:
-            cand = flow_with_prior(dis, a, b, -bwd[k - 1])
-            better = warp_error(a, b, cand, sig) < PRIOR_MARGIN * warp_error(a, b, fwd[k], sig)
-            out_f[k] = np.where(better[..., None], cand, fwd[k])
+            out_f[k] = select_candidate(check[k], check[k + 1], fwd[k], flow_with_prior(dis, a, b, -bwd[k - 1]), sig)
         if k < K - 1 and fwd[k + 1] is not None:
-            cand = flow_with_prior(dis, b, a, -fwd[k + 1])
-            better = warp_error(b, a, cand, sig) < PRIOR_MARGIN * warp_error(b, a, bwd[k], sig)
-            out_b[k] = np.where(better[..., None], cand, bwd[k])
+            out_b[k] = select_candidate(check[k + 1], check[k], bwd[k], flow_with_prior(dis, b, a, -fwd[k + 1]), sig)
     return out_f, out_b
 
 
@@ -175,9 +192,11 @@ class OpticalFlowPredictor:
     Delta_k = -F_{k->k+1} and Delta_{k+1} = -F_{k+1->k}, each swept along the motion (sweep_lines) so
     lines reach content that crosses a pixel during the interval. Near clipped highlights (small
     bright lights that DIS loses among textured surroundings), the flow comes from DIS on the blurred
-    highlight layer alone (highlight_sigma in fractions of the diagonal). On a whole burst
-    (predict_burst), temporal_prior adds the constant-velocity candidates of temporal_prior_refine to
-    both layers' flows.
+    highlight layer alone (highlight_sigma in fractions of the diagonal). colour_candidates: DIS
+    also runs on each colour channel (edges between colours of equal brightness vanish in grey) and
+    a channel's flow replaces the grey one where it warps the colour frames clearly better. On a whole
+    burst (predict_burst), temporal_prior adds the constant-velocity candidates of
+    temporal_prior_refine to both layers' flows.
     """
 
     preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
@@ -186,6 +205,7 @@ class OpticalFlowPredictor:
     highlight_sigma: float = 0.015
     highlight_preset: int = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST
     temporal_prior: bool = True
+    colour_candidates: bool = True
 
     def flow(self, a: np.ndarray, b: np.ndarray, preset: int | None = None) -> np.ndarray:
         dis = cv2.DISOpticalFlow_create(self.preset if preset is None else preset)
@@ -221,6 +241,14 @@ class OpticalFlowPredictor:
         grays = [_flow_gray(f) for f in frames]
         fwd = [self.flow(grays[k], grays[k + 1]) for k in range(K)]
         bwd = [self.flow(grays[k + 1], grays[k]) for k in range(K)]
+        colour = None
+        if self.colour_candidates:
+            colour = [_flow_channels(f) for f in frames]
+            sig = _error_sigma(grays[0].shape)
+            for k in range(K):
+                for c in range(colour[k].shape[-1]):
+                    fwd[k] = select_candidate(colour[k], colour[k + 1], fwd[k], self.flow(colour[k][..., c], colour[k + 1][..., c]), sig)
+                    bwd[k] = select_candidate(colour[k + 1], colour[k], bwd[k], self.flow(colour[k + 1][..., c], colour[k][..., c]), sig)
         hl = [self._highlight_layer(f) for f in frames] if self.highlight_flow else [None] * len(frames)
         lay = [h[0] if h is not None else None for h in hl]
         both = [lay[k] is not None and lay[k + 1] is not None for k in range(K)]

@@ -142,7 +142,8 @@ def half_res_buffers(frame: np.ndarray, H: np.ndarray, size: tuple[int, int], k:
     keep its emphasis). With flow_size (different from size), the linear frame for optical flow at that
     size. Returns (linear [3, h, w], encoded [3, h, w] or None, flow [3, hf, wf] or None) float32."""
     Hh, Ww = frame.shape[:2]
-    lin = to_linear(frame)
+    codes = frame if frame.dtype == np.uint16 else to_u16(frame)
+    lin = to_linear(codes)
 
     def low(img: np.ndarray, sz: tuple[int, int]) -> np.ndarray:
         out = warp(_resize(img, sz), _scale_h(H, sz[1] / Ww))
@@ -152,9 +153,20 @@ def half_res_buffers(frame: np.ndarray, H: np.ndarray, size: tuple[int, int], k:
     flow = low(lin, flow_size) if flow_size is not None and tuple(flow_size) != tuple(size) else None
     enc = None
     if k is not None:
-        np.clip(lin, 0.0, 1.0, out=lin)
-        enc = low(soft_gamma(torch.from_numpy(lin), k).numpy(), size)
+        del lin
+        enc = low(_soft_gamma_lut(k)[codes], size)
     return lin_r, enc, flow
+
+
+_SG_LUTS: dict = {}
+
+
+def _soft_gamma_lut(k: float) -> np.ndarray:
+    """uint16 sRGB code -> soft_gamma(linear, k) float32 (exact for 8/16-bit inputs, one gather at 12 MP)."""
+    if k not in _SG_LUTS:
+        to_linear(np.zeros(1, np.uint16))  # builds _LUT
+        _SG_LUTS[k] = soft_gamma(torch.from_numpy(np.clip(_LUT, 0.0, 1.0)), k).numpy().astype(np.float32)
+    return _SG_LUTS[k]
 
 
 def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredictor | None = None, device: torch.device | str = "cpu") -> Prepared:

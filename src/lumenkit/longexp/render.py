@@ -114,6 +114,8 @@ def accumulate_pass(
     min_length: float = 0.5,
     own: torch.Tensor | None = None,
     tolerance: tuple[float, float] = (0.3, 1.0),
+    only: torch.Tensor | None = None,
+    hwc: np.ndarray | None = None,
 ) -> torch.Tensor:
     """One pass: normalised weighted mean of img along each pixel's path. Returns [C, H, W].
 
@@ -128,25 +130,30 @@ def accumulate_pass(
     proportion to c = exp(-|own(p) - delta|^2 / (2 (tolerance[0] |delta| + tolerance[1])^2)), i.e. only
     if the content there really moves along the line; the rest of the weight goes to the pixel's own
     content (the pass along its own line): a static background is not smeared along a passing object.
+    only: optional bool [H*W]: render just these pixels (the others keep img). hwc: img as a contiguous
+    [H, W, C] float32 array, if already made (CPU lookups).
     """
     c, h, w = img.shape
     straight = mu0 is None
     dev = img.device
-    base = pixel_grid(h, w, dev)
     length = vnorm(delta)
     if not straight:
         length = length + 0.25 * (vnorm(mu0 - delta) + vnorm(mu1 - delta))
     need = (length / step).ceil() + 1
-    hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy()) if img.device.type == "cpu" else None
+    if hwc is None and img.device.type == "cpu":
+        hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy())
     out = img.clone()  # N = 1 (paths shorter than ~0 px): the pixel itself
     flat_out = out.reshape(c, -1)
     buckets = torch.tensor([b for b in N_BUCKETS if b <= max(n_max, 2)], device=dev)
     bidx = torch.bucketize(need.clamp(max=float(buckets[-1])).reshape(-1), buckets.float())
     moving = length.reshape(-1) > min_length
+    if only is not None:
+        moving = moving & only
     if own is not None:
         swept = (vnorm(own - delta) > 0.5).reshape(-1)
         if bool(swept.any()):
-            fallback = accumulate_pass(img, own, ramp=ramp, speed_weight=speed_weight, step=step, n_max=n_max, min_length=min_length).reshape(c, -1)
+            # the pixel's own content, needed only where the line was swept
+            fallback = accumulate_pass(img, own, ramp=ramp, speed_weight=speed_weight, step=step, n_max=n_max, min_length=min_length, only=swept & moving, hwc=hwc).reshape(c, -1)
             own_hwc = np.ascontiguousarray(own.permute(1, 2, 0).numpy()) if own.device.type == "cpu" else None
         else:
             own = None
@@ -159,7 +166,7 @@ def accumulate_pass(
         chunk = max(1, (1 << 18) // n)  # keep temporaries cache-sized
         for s in range(0, sel.numel(), chunk):
             ids = sel[s : s + chunk]
-            x0 = base.reshape(2, -1)[:, ids]  # [2, M]
+            x0 = torch.stack([(ids % w).to(img.dtype), torch.div(ids, w, rounding_mode="floor").to(img.dtype)])  # [2, M] (x, y)
             d = delta.reshape(2, -1)[:, ids]
             if straight:
                 pos = x0[:, None] + t[None, :, None] * d[:, None]  # [2, N, M]
@@ -181,9 +188,14 @@ def accumulate_pass(
             if own is None:
                 flat_out[:, ids] = (vals * wts[None]).sum(1) / wsum[None]
                 continue
-            miss = vnorm(bilinear(own, pos, own_hwc) - d[:, None])  # [N, M] own motion vs the line
-            cn = torch.exp(-0.5 * (miss / (tolerance[0] * vnorm(d)[None] + tolerance[1])) ** 2)
-            cn = torch.where(swept[ids][None], cn, torch.ones_like(cn))
+            sw = swept[ids]
+            if not bool(sw.any()):
+                flat_out[:, ids] = (vals * wts[None]).sum(1) / wsum[None]
+                continue
+            ds = d[:, sw]
+            miss = vnorm(bilinear(own, pos[:, :, sw], own_hwc) - ds[:, None])  # [N, S] own motion vs the line
+            cn = torch.ones_like(wts)
+            cn[:, sw] = torch.exp(-0.5 * (miss / (tolerance[0] * vnorm(ds)[None] + tolerance[1])) ** 2)
             wc = wts * cn
             cover = wc.sum(0) / wsum
             flat_out[:, ids] = (vals * wc[None]).sum(1) / wsum[None] + (1 - cover)[None] * fallback[:, ids]
