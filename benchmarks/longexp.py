@@ -119,9 +119,9 @@ def main() -> None:
 the true trail contrast missing in the result (lower is better). All methods from one alignment and one set of
 DIS flows per burst. "flow straight-line blur" = eq. 6 lines without ramp, soft gamma, occlusion check or compositing.
 Half-resolution buffers are linearised at full resolution and area-downsampled in linear light; soft gamma (eq. 9)
-is applied at full resolution before the downsampling. DIS runs in both directions with a constant-velocity
-temporal prior (a second DIS estimate around the neighbouring pair's motion wins where it warps clearly
-better); "occlusion check" = a swept-line sample counts only where the content there moves along the line,
+is applied at full resolution before the downsampling. DIS runs in both directions on grey and on each colour
+channel, plus a constant-velocity temporal prior (a second DIS estimate around the neighbouring pair's motion);
+a candidate replaces the grey flow where it warps clearly better. "occlusion check" = a swept-line sample counts only where the content there moves along the line,
 otherwise the pixel keeps its own content. Each ablation switches off exactly one of these rendering components.
 Quality part took {q_secs:.0f} s. torch on 1 thread (the 2-core machine is shared by several jobs; timings are noisy).
 

@@ -167,8 +167,8 @@ def demo_section(outdir: Path, device) -> str:
                 rows.append([kind, name, round(psnr(d, td), 2), round(ssim(d, td), 4), round(trail_gap(img, b.truth, b.static, b.trail_mask), 3), round(secs, 2) if name.startswith("ours") else ""])
     intro = (
         "<p>Synthetic 8-frame bursts (320x240, under-exposed by 1 stop, shot/read noise, hand shake) with the true long "
-        "exposure rendered from 225 sub-frames. Ours: KLT + RANSAC alignment, DIS flow (with a constant-velocity temporal "
-        "prior) turned into swept line vectors, ramp-weighted spline blur at half resolution (linear-light buffers, soft "
+        "exposure rendered from 225 sub-frames. Ours: KLT + RANSAC alignment, DIS flow (grey and colour channels, with a "
+        "constant-velocity temporal prior) turned into swept line vectors, ramp-weighted spline blur at half resolution (linear-light buffers, soft "
         "gamma) with an occlusion check on swept samples, M_flow compositing with the sharpest frame.</p>"
     )
     table = html.table(["scene", "method", "PSNR dB", "SSIM", "trail gap", "seconds"], rows)
