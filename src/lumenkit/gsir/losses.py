@@ -77,6 +77,10 @@ class Stage1LossWeights:
     lambda_dssim: float = 0.2
     lambda_normal: float = 1.0
     lambda_normal_tv: float = 5.0
+    # lumenkit additions (0 / False = GS-IR exactly): consistency only where the rendered opacity
+    # exceeds this; TV on the unit normal map times the detached opacity
+    normal_min_opacity: float = 0.5
+    tv_opacity_weighted: bool = True
 
 
 def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
@@ -92,12 +96,12 @@ def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights) 
     terms = {"rgb": rgb_loss(render_pkg["render"], gt_image, w.lambda_dssim)}
     if w.lambda_normal > 0:
         mask = render_pkg["normal_from_depth_mask"]
-        if "opacity_map" in render_pkg:
-            mask = mask & (render_pkg["opacity_map"].detach()[0] > 0.5)
+        if "opacity_map" in render_pkg and w.normal_min_opacity > 0:
+            mask = mask & (render_pkg["opacity_map"].detach()[0] > w.normal_min_opacity)
         terms["normal"] = normal_consistency_loss(render_pkg["normal_map"], render_pkg["normal_map_from_depth"], mask)
     if w.lambda_normal_tv > 0:
         n = render_pkg["normal_map"]
-        if "opacity_map" in render_pkg:
+        if "opacity_map" in render_pkg and w.tv_opacity_weighted:
             n = n * render_pkg["opacity_map"].detach()
         terms["normal_tv"] = edge_aware_tv(n, gt_image)
     total = terms["rgb"] + w.lambda_normal * terms.get("normal", 0.0) + w.lambda_normal_tv * terms.get("normal_tv", 0.0)

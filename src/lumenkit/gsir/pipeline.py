@@ -16,8 +16,14 @@ import torch.nn.functional as F
 from lumenkit.gsir.gaussians import GaussianModel
 
 
-def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str = "auto", argmax_depth: bool = False, inference: bool = False, with_depth_normal: bool = True) -> dict:
-    """Rasterize every Gaussian attribute for one camera; add the normal from depth and its masks."""
+def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str = "auto", argmax_depth: bool = False, inference: bool = False,
+           with_depth_normal: bool = True, depth_median: bool = True, skip_border_normal_grad: bool = True) -> dict:
+    """Rasterize every Gaussian attribute for one camera; add the normal from depth and its masks.
+
+    As GS-IR: the normal from depth is computed on the 3x3 median-filtered depth (``depth_median``,
+    its rasterizer's ``kornia.filters.median_blur(depth, (3, 3))``), and the gradient of the normal
+    map is zeroed on the image border pixels (``skip_border_normal_grad``, its backward.cu "Skip the
+    edge normal", where the depth normal does not exist either)."""
     from lumenkit.gsir.rasterize import rasterize
 
     out = rasterize(
@@ -38,19 +44,42 @@ def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str =
         inference=inference,
     )
     pkg = dict(out)
+    if skip_border_normal_grad and out["normal_map"].requires_grad:
+        out["normal_map"].register_hook(zero_border)
     pkg["normal_map_raw"] = out["normal_map"]
     pkg["normal_map"] = F.normalize(out["normal_map"], dim=0, eps=1e-8)
     if with_depth_normal:
-        pkg.update(normal_from_depth(out["depth_map"], camera))
+        pkg.update(normal_from_depth(out["depth_map"], camera, median=depth_median))
     return pkg
 
 
-def normal_from_depth(depth_map: torch.Tensor, camera) -> dict:
+def zero_border(grad: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] gradient with the outermost row / column set to zero (GS-IR's edge-normal skip)."""
+    g = grad.clone()
+    g[..., 0, :] = 0
+    g[..., -1, :] = 0
+    g[..., :, 0] = 0
+    g[..., :, -1] = 0
+    return g
+
+
+def median_blur3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 median of a [1, H, W] (or [H, W]) map with zero padding, as kornia.filters.median_blur(x, (3, 3))
+    (torch.median: the lower of the two middle values never arises with 9 samples)."""
+    shape = x.shape
+    x2 = x.reshape(1, 1, *shape[-2:])
+    patches = torch.nn.functional.unfold(x2, 3, padding=1)  # [1, 9, H*W]
+    return patches.median(dim=1).values.reshape(shape)
+
+
+def normal_from_depth(depth_map: torch.Tensor, camera, median: bool = True) -> dict:
     """GS-IR: normal_map_from_depth [3, H, W] (detached, as GS-IR's CUDA op has no backward: the
-    normals learn from depth, not the reverse), normal_from_depth_mask [H, W], mask_from_depth [1, H, W]."""
+    normals learn from depth, not the reverse), normal_from_depth_mask [H, W], mask_from_depth [1, H, W].
+    median: compute it from the 3x3 median-filtered depth, as GS-IR's rasterizer does."""
     from lumenkit.gsir.geometry import normals_from_depth
 
-    res = normals_from_depth(depth_map.detach(), camera)
+    d = depth_map.detach()
+    res = normals_from_depth(median_blur3(d) if median else d, camera)
     return {k: v.detach() for k, v in res.items()}
 
 

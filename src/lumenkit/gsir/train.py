@@ -56,6 +56,10 @@ class Stage1Config:
     resolution: int = -1
     # losses
     losses: Stage1LossWeights = field(default_factory=Stage1LossWeights)
+    # GS-IR's rasterizer: depth normal from the 3x3 median-filtered depth; no normal gradient on the
+    # image border pixels
+    depth_median: bool = True
+    skip_border_normal_grad: bool = True
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: str = "auto"  # auto | paper
     seed: int = 0
@@ -198,7 +202,8 @@ def training(
             a = scene.train[idx].alpha.to(device)
             gt = gt + (1 - a) * (cur_bg - bg)[:, None, None]  # re-composite over the random colour
         need_dn = run.losses.lambda_normal > 0
-        pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn)
+        pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn,
+                     depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad)
         loss, terms = stage1_loss(pkg, gt, run.losses)
         loss.backward()
         with torch.no_grad():

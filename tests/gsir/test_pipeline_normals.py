@@ -1,0 +1,82 @@
+"""GS-IR's rasterizer details around the normals that pipeline.render reproduces:
+- the normal from depth is computed on the 3x3 median-filtered depth (kornia.filters.median_blur);
+- the normal-map gradient is zeroed on the image border pixels (backward.cu "Skip the edge normal")."""
+import inspect
+import math
+
+import pytest
+import torch
+
+from lumenkit.gsir.gaussians import GaussianModel
+from lumenkit.gsir.geometry import normals_from_depth
+from lumenkit.gsir.pipeline import median_blur3, normal_from_depth, render, zero_border
+from lumenkit.gsir.rasterize import Camera
+
+from .test_geometry import look_at_gl
+
+
+def test_median_blur3_matches_kornia():
+    kornia = pytest.importorskip("kornia")
+    g = torch.Generator().manual_seed(0)
+    d = torch.rand(1, 23, 31, generator=g) * 3
+    d[:, 5:9, 7:12] = 0  # invalid hole, as background depth
+    d[0, 0, :] = 0
+    # GS-IR's kornia (< 0.8) padded with zeros; newer kornia defaults to border_type="reflect"
+    kw = {"border_type": "constant"} if "border_type" in inspect.signature(kornia.filters.median_blur).parameters else {}
+    ref = kornia.filters.median_blur(d[None], (3, 3), **kw)[0]
+    assert torch.equal(median_blur3(d), ref)
+    assert torch.equal(median_blur3(d[0]), ref[0])
+
+
+def test_depth_normal_is_computed_on_the_median_filtered_depth():
+    cam = Camera.from_fov(look_at_gl((0.0, -3.0, 0.0)), math.radians(40.0), 32, 24)
+    depth = torch.full((1, 24, 32), 3.0)
+    depth[0, 12, 16] = 2.5  # an isolated spike: the median removes it, the plain depth normal does not
+    plain = normals_from_depth(depth, cam)["normal_map_from_depth"]
+    med = normal_from_depth(depth, cam)["normal_map_from_depth"]
+    assert torch.equal(med, normals_from_depth(median_blur3(depth), cam)["normal_map_from_depth"])
+    assert torch.equal(normal_from_depth(depth, cam, median=False)["normal_map_from_depth"], plain)
+    # a fronto-parallel plane at z = 3: world normal (0, -1, 0) towards the camera, spike gone after the median
+    assert torch.allclose(med[:, 12, 16], torch.tensor([0.0, -1.0, 0.0]), atol=1e-5)
+    assert not torch.allclose(plain[:, 12, 16], torch.tensor([0.0, -1.0, 0.0]), atol=1e-2)
+
+
+def test_zero_border():
+    g = torch.ones(3, 5, 6)
+    z = zero_border(g)
+    assert z[:, 1:-1, 1:-1].eq(1).all() and z.sum() == 3 * 3 * 4
+    assert g.eq(1).all()  # input untouched
+
+
+def _model(n=400, seed=0):
+    m = GaussianModel(0)
+    m.create_random(n, 0.8, 1.0, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        m.params["scaling"] += 1.0  # big enough to cover the image borders
+        m.params["opacity"].fill_(0.0)
+        m.params["normal"].copy_(torch.randn(n, 3, generator=torch.Generator().manual_seed(seed + 1)))
+    return m
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_normal_gradient_skips_border_pixels(backend):
+    cam = Camera.from_fov(look_at_gl((0.5, -3.0, 1.0)), math.radians(40.0), 20, 16)
+    H, W = 16, 20
+    border = torch.ones(H, W, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    w = torch.randn(3, H, W, generator=torch.Generator().manual_seed(3))
+
+    def normal_grad(weight, skip):
+        m = _model()
+        pkg = render(m, cam, torch.zeros(3), backend=backend, with_depth_normal=False, skip_border_normal_grad=skip)
+        (pkg["normal_map"] * weight).sum().backward()
+        return m.params["normal"].grad.clone(), m.params["xyz"].grad
+
+    g_on, xyz_grad = normal_grad(w * border, True)
+    g_off, _ = normal_grad(w * border, False)
+    assert g_on.abs().max() == 0  # a loss on border pixels only does not move the normals
+    assert g_off.abs().max() > 0  # ... while it would without the skip: the test can fail
+    assert xyz_grad is None or xyz_grad.abs().max() == 0  # normals never move the geometry
+    gi_on, _ = normal_grad(w * ~border, True)
+    gi_off, _ = normal_grad(w * ~border, False)
+    assert torch.allclose(gi_on, gi_off, atol=1e-6)  # interior pixels are unaffected
