@@ -4,6 +4,7 @@
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,26 @@ def test_normal_gradient_skips_border_pixels(backend):
     gi_on, _ = normal_grad(w * ~border, True)
     gi_off, _ = normal_grad(w * ~border, False)
     assert torch.allclose(gi_on, gi_off, atol=1e-6)  # interior pixels are unaffected
+
+
+def test_fg_pixel_classes_on_a_box_edge():
+    from lumenkit.gsir.evaluate import fg_pixel_classes, normal_mae_breakdown
+
+    H, W = 20, 24
+    mask = np.zeros((H, W), bool)
+    mask[2:18, 3:21] = True
+    gt = np.zeros((H, W, 3), np.float32)
+    gt[mask] = (0, 0, 1)
+    gt[2:18, 12:21] = (1, 0, 0)  # second face: a 90 degree crease between columns 11 and 12
+    c = fg_pixel_classes(gt, mask)
+    assert not (c["silhouette"] & c["crease"]).any() and not (c["crease"] & c["flat"]).any()
+    assert ((c["silhouette"] | c["crease"] | c["flat"]) == mask).all()
+    assert c["silhouette"][2, 10] and c["silhouette"][3, 5] and not c["silhouette"][4, 5]
+    assert c["crease"][8, 11] and c["crease"][8, 12] and not c["crease"][8, 10] and not c["crease"][8, 13]
+    # errors: 30 degrees on the crease pixels only
+    pred = gt.copy()
+    t = np.radians(30)
+    pred[c["crease"]] = np.where(gt[c["crease"]][:, :1] > 0.5, [[np.cos(t), np.sin(t), 0]], [[0, np.sin(t), np.cos(t)]])
+    b = normal_mae_breakdown(pred, gt, mask)
+    assert b["crease"][1] == c["crease"].sum() and abs(b["crease"][0] / b["crease"][1] - 30) < 1e-3
+    assert b["flat"][0] < 1e-3 and b["silhouette"][0] < 1e-3

@@ -35,6 +35,32 @@ def normal_mae(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, 
     return {"masked": float(err[mask].mean()) if mask.any() else float("nan"), "gsir": float(angular_error_deg(p2, g2).mean())}
 
 
+def fg_pixel_classes(gt: np.ndarray, mask: np.ndarray, band: int = 2, crease_deg: float = 20.0) -> dict[str, np.ndarray]:
+    """Split the GT foreground [H, W] into disjoint diagnostic classes (bool [H, W] each):
+    'silhouette' = within `band` pixels of the background (outside the mask erosion by a
+    (2 band + 1)^2 square); 'crease' = the rest where the GT normal [H, W, 3] turns by more than
+    `crease_deg` degrees to some pixel of its 3x3 neighbourhood (edges between faces); 'flat' = the rest."""
+    from scipy.ndimage import binary_erosion
+
+    mask = mask.astype(bool)
+    inner = binary_erosion(mask, np.ones((2 * band + 1, 2 * band + 1), bool), border_value=0)
+    H, W = mask.shape
+    gp = np.pad(gt, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    cos_min = np.ones((H, W), np.float32)
+    for dy in range(3):
+        for dx in range(3):
+            cos_min = np.minimum(cos_min, (gp[dy:dy + H, dx:dx + W] * gt).sum(-1))
+    crease = inner & (cos_min < np.cos(np.radians(crease_deg)))
+    return {"silhouette": mask & ~inner, "crease": crease, "flat": inner & ~crease}
+
+
+def normal_mae_breakdown(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, tuple[float, int]]:
+    """{class: (sum of angular errors in degrees, pixel count)} over fg_pixel_classes (sums, so that
+    the caller can pool pixels over views)."""
+    err = angular_error_deg(pred, gt)
+    return {k: (float(err[m].sum()), int(m.sum())) for k, m in fg_pixel_classes(gt, mask).items()}
+
+
 def find_render_dir(model_path: str | Path, split: str = "test") -> Path:
     """The newest <model>/<split>/ours_<iteration> folder written by `lumenkit gsir render`."""
     base = Path(model_path) / split
