@@ -161,6 +161,7 @@ def main() -> None:
         "normal from the 3x3 median-filtered rendered depth, inside GS-IR's normal_from_depth_mask"
         + (f" and where the rendered opacity > {w.normal_min_opacity:g}" if w.normal_min_opacity > 0 else "")
         + f") + {w.lambda_normal_tv:g} x edge-aware normal TV"
+        + (f" (GS-IR's default --normal_tv is {Stage1LossWeights().lambda_normal_tv:g})" if w.lambda_normal_tv != Stage1LossWeights().lambda_normal_tv else "")
         + (" (on the unit normal map times the detached opacity)" if w.tv_opacity_weighted else "")
         + "; normal gradients reach the per-Gaussian normals only (not the geometry) and skip the image-border pixels, "
         "as GS-IR's rasterizer. "
