@@ -74,3 +74,22 @@ def test_stage1_total_matches_weights():
     assert math.isclose(float(total), expect, rel_tol=1e-5)
     total0, terms0 = stage1_loss(pkg, gt, Stage1LossWeights(lambda_normal=0, lambda_normal_tv=0))
     assert set(terms0) == {"rgb"} and math.isclose(float(total0), terms["rgb"], rel_tol=1e-6)
+
+
+def test_stage1_opacity_gating_and_gsir_exact_mode():
+    """Default: consistency only where the rendered opacity > 0.5 and TV on n * O; with
+    normal_min_opacity=0 and tv_opacity_weighted=False the terms are GS-IR's literal ones."""
+    torch.manual_seed(1)
+    n = torch.nn.functional.normalize(torch.randn(3, 16, 16), dim=0)
+    nd = torch.nn.functional.normalize(torch.randn(3, 16, 16), dim=0)
+    dmask = torch.rand(16, 16) > 0.3
+    op = torch.rand(1, 16, 16)
+    pkg = {"render": torch.rand(3, 16, 16), "normal_map": n, "normal_map_from_depth": nd, "normal_from_depth_mask": dmask, "opacity_map": op}
+    gt = torch.rand(3, 16, 16)
+    _, t = stage1_loss(pkg, gt, Stage1LossWeights())
+    assert math.isclose(t["normal"], float(normal_consistency_loss(n, nd, dmask & (op[0] > 0.5))), rel_tol=1e-6)
+    assert math.isclose(t["normal_tv"], float(edge_aware_tv(n * op, gt)), rel_tol=1e-6)
+    _, g = stage1_loss(pkg, gt, Stage1LossWeights(normal_min_opacity=0.0, tv_opacity_weighted=False))
+    assert math.isclose(g["normal"], float(normal_consistency_loss(n, nd, dmask)), rel_tol=1e-6)
+    assert math.isclose(g["normal_tv"], float(edge_aware_tv(n, gt)), rel_tol=1e-6)
+    assert not math.isclose(g["normal"], t["normal"], rel_tol=1e-3)
