@@ -97,3 +97,18 @@ def test_cli_resume_keeps_the_saved_recipe(tmp_path):
     saved = json.loads((out / "vae_train" / "config.json").read_text())
     assert saved["steps"] == 4 and saved["preset"] == "tiny" and saved["batch_size"] == 4
     assert torch.load(out / "vae_train" / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+def test_offset_noise_adds_a_per_channel_constant_of_the_requested_std():
+    import torch
+
+    from lumenkit.t2i.train import training_noise
+
+    g = torch.Generator().manual_seed(0)
+    plain = training_noise((4000, 4, 16, 16), g, 0.0)
+    offset = training_noise((4000, 4, 16, 16), g, 0.3)
+    # the spatial mean of N(0,1) over 256 pixels has std 1/16; the offset adds 0.3 in quadrature
+    assert abs(float(plain.mean(dim=(2, 3)).std()) - 1 / 16) < 0.005
+    assert abs(float(offset.mean(dim=(2, 3)).std()) - (0.3**2 + 1 / 256) ** 0.5) < 0.01
+    # the per-pixel residual around that mean is still unit variance
+    assert abs(float((offset - offset.mean(dim=(2, 3), keepdim=True)).std()) - 1.0) < 0.01
