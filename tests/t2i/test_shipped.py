@@ -49,8 +49,6 @@ def test_shipped_model_samples_are_images_the_oracle_can_read():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target not reached (strict: an XPASS fails, so remove this mark once the model reaches it): the shipped UNet trained ~1 h on a shared 2-core CPU "
-                   "(see BENCHMARKS.md t2i); prompt accuracy is far below 90%")
 def test_shipped_model_prompt_accuracy_target_on_seen_prompts():
     from lumenkit.t2i.evaluate import prompt_set
     from lumenkit.t2i.oracle import Oracle, verdicts
@@ -59,6 +57,18 @@ def test_shipped_model_prompt_accuracy_target_on_seen_prompts():
     imgs = _generate([s.caption() for s in scenes], 5.0)
     ok = verdicts(Oracle.load(SHIPPED_MODEL).predict(imgs), scenes)
     assert float(ok["all"].float().mean()) >= 0.9
+
+
+@pytest.mark.slow
+def test_shipped_model_prompt_accuracy_target_on_unseen_prompts():
+    """Held-out colour+shape pairs, never in training: the issue's target is 60%."""
+    from lumenkit.t2i.evaluate import prompt_set
+    from lumenkit.t2i.oracle import Oracle, verdicts
+
+    scenes = prompt_set(12, "heldout", seed=11)
+    imgs = _generate([s.caption() for s in scenes], 5.0)
+    ok = verdicts(Oracle.load(SHIPPED_MODEL).predict(imgs), scenes)
+    assert float(ok["all"].float().mean()) >= 0.6
 
 
 def test_shipped_oracle_reads_softened_images():
