@@ -161,8 +161,8 @@ def main() -> None:
         "normal from the 3x3 median-filtered rendered depth, inside GS-IR's normal_from_depth_mask"
         + (f" and where the rendered opacity > {w.normal_min_opacity:g}" if w.normal_min_opacity > 0 else "")
         + f") + {w.lambda_normal_tv:g} x edge-aware normal TV"
+        + (" on the unit normal map times the detached opacity" if w.tv_opacity_weighted else "")
         + (f" (GS-IR's default --normal_tv is {Stage1LossWeights().lambda_normal_tv:g})" if w.lambda_normal_tv != Stage1LossWeights().lambda_normal_tv else "")
-        + (" (on the unit normal map times the detached opacity)" if w.tv_opacity_weighted else "")
         + "; normal gradients reach the per-Gaussian normals only (not the geometry) and skip the image-border pixels, "
         "as GS-IR's rasterizer. "
         "Metrics on all test views: PSNR/SSIM (Gaussian 11x11) in sRGB, no LPIPS; normal MAE = mean angle to the GT "
@@ -171,7 +171,7 @@ def main() -> None:
         f"The machine (2 cores) is shared with other jobs{': ' + args.load_note if args.load_note else ''}; 1-minute load average "
         f"{load_start:.1f} at the start, {min(loads):.1f} to {max(loads):.1f} (mean {np.mean(loads):.1f}) while training, "
         f"{os.getloadavg()[0]:.1f} at the end (our two trainings alone make 2), so iterations/s are pessimistic by an unknown factor.\n\n"
-        f"Targets (issue 5): PSNR >= 30 dB and normal MAE <= 8 deg at 128 px within a 30-minute CPU run.\n\n{table}\n"
+        f"Targets (issue 5): PSNR >= 30 dB and normal MAE <= 8 deg at 128 px within a 30-minute CPU run.\n\n{table}\n\n"
         "Where the rendered-normal error is (extra diagnostic, not the target metric): MAE in degrees over the GT foreground "
         "pixels of each class, pooled over all test views (share of the foreground in brackets); silhouette band = within 2 px "
         "of the background, creases = the rest where the GT normal turns > 20 deg within the 3x3 neighbourhood, flat = the rest "
