@@ -125,6 +125,7 @@ class OracleConfig(StageConfig):
     lr: float = 2e-3
     warmup_steps: int = 50
     amp: bool = False
+    min_lr_ratio: float = 0.01  # cosine decay: at a constant lr the BatchNorm net's accuracy jitters by a point or two
     eval_images: int = 2000  # fresh images for the final held-out accuracy
     augment: bool = True  # train on oracle.degrade()d images too (generated images are softer than renders)
 
