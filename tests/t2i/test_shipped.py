@@ -53,7 +53,7 @@ def test_shipped_model_prompt_accuracy_target_on_seen_prompts():
     from lumenkit.t2i.evaluate import prompt_set
     from lumenkit.t2i.oracle import Oracle, verdicts
 
-    scenes = prompt_set(12, "train", seed=11)
+    scenes = prompt_set(48, "train", seed=11)  # 48: with 12 one borderline colour moves the score by 8 points
     imgs = _generate([s.caption() for s in scenes], 5.0)
     ok = verdicts(Oracle.load(SHIPPED_MODEL).predict(imgs), scenes)
     assert float(ok["all"].float().mean()) >= 0.9
@@ -65,7 +65,7 @@ def test_shipped_model_prompt_accuracy_target_on_unseen_prompts():
     from lumenkit.t2i.evaluate import prompt_set
     from lumenkit.t2i.oracle import Oracle, verdicts
 
-    scenes = prompt_set(12, "heldout", seed=11)
+    scenes = prompt_set(48, "heldout", seed=11)
     imgs = _generate([s.caption() for s in scenes], 5.0)
     ok = verdicts(Oracle.load(SHIPPED_MODEL).predict(imgs), scenes)
     assert float(ok["all"].float().mean()) >= 0.6
