@@ -75,8 +75,7 @@ def diffusers_pndm_check(model_dir: Path, n_prompts: int, steps: int = 20, scale
 
     pipe = load_pipeline(model_dir, "cpu")
     oracle = Oracle.load(model_dir)
-    sch = PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                        skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    sch = PNDMScheduler.from_config(pipe.scheduler_config, skip_prk_steps=True)  # the model's own betas and offsets
     ref = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
                                   scheduler=sch, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     ref.set_progress_bar_config(disable=True)
