@@ -77,6 +77,7 @@ class StageConfig:
     ckpt_every: int = 100
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock time; 0 = no limit
     preset: str = "shapes"
+    min_lr_ratio: float = 1.0  # cosine decay after warmup to lr * min_lr_ratio (1.0 = constant lr)
 
 
 @dataclass
@@ -110,7 +111,7 @@ class UnetConfig(StageConfig):
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     n_latents: int = 16384  # training images encoded once by the frozen VAE (captions are finite)
-    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
     snr_gamma: float = 5.0  # Min-SNR-gamma loss weighting (Hang et al. 2023): w = min(SNR, g) / SNR; 0 = plain MSE
     # offset noise (Guttenberg 2023; diffusers' --noise_offset): eps += offset * N(0, 1) per sample and channel.
     # The shapes world's backgrounds are whole-image colours, i.e. latent channel means of +-1.8; with plain
@@ -143,7 +144,7 @@ def lr_at(cfg: StageConfig, step: int) -> float:
     """Linear warmup for warmup_steps, then cosine decay to lr * min_lr_ratio (1.0 = constant)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    ratio = getattr(cfg, "min_lr_ratio", 1.0)
+    ratio = cfg.min_lr_ratio
     prog = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.lr * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
 
