@@ -129,9 +129,6 @@ def _table(r: dict) -> str:
     from lumenkit.common.bench import markdown_table
 
     lk, df = r["lumenkit"], r["diffusers"]
-    if "wall" not in lk:  # a cache written by an older version of this script
-        return (f"{r['preset']} {r['width']}x{r['height']}, {r['steps']} DDIM steps, CFG {r['scale']}: lumenkit "
-                f"{lk['step']:.3f} s/step, diffusers {df['step']:.3f} s/step (ratio {lk['step'] / df['step']:.3f}).")
     for d in (lk, df):  # best runs: the usual estimator of a cost under additive interference (timeit's min)
         d["wall_best"], d["cpu_best"] = min(d["all_wall"]), min(d["all_cpu"])
     keys = [("wall_best", "s / step, wall, best", 1.0), ("wall", "s / step, wall, median", 1.0),
