@@ -67,7 +67,6 @@ class Prepared:
     def soft_gamma_frames(self, k: float) -> list[torch.Tensor]:
         """Aligned render-resolution frames [3, h, w] encoded with soft gamma k (cached)."""
         if k not in self.encoded_frames:
-            H, W = self.sharp.shape[:2]
             size = tuple(self.render_frames[0].shape[-2:])
             dev = self.render_frames[0].device
             self.encoded_frames[k] = [torch.from_numpy(half_res_buffers(f, Hf, size, k, None)[1]).to(dev) for f, Hf in zip(self.frames, self.homographies)]
@@ -87,14 +86,19 @@ class Result:
 _LUT = None
 
 
-def to_linear(img: np.ndarray) -> np.ndarray:
-    """sRGB [0, 1] (float, or uint16 codes) -> linear float32 via a 16-bit lookup table (exact for
-    8/16-bit inputs, fast at 12 MP)."""
+def _linear_lut() -> np.ndarray:
+    """uint16 sRGB code -> linear float32 [65536] (built once)."""
     global _LUT
     if _LUT is None:
         _LUT = srgb_to_linear(np.arange(65536, dtype=np.float32) / 65535.0).astype(np.float32)
+    return _LUT
+
+
+def to_linear(img: np.ndarray) -> np.ndarray:
+    """sRGB [0, 1] (float, or uint16 codes) -> linear float32 via a 16-bit lookup table (exact for
+    8/16-bit inputs, fast at 12 MP)."""
     idx = img if img.dtype == np.uint16 else to_u16(img)
-    return _LUT[idx]
+    return _linear_lut()[idx]
 
 
 def to_u16(img: np.ndarray) -> np.ndarray:
@@ -141,7 +145,7 @@ def half_res_buffers(frame: np.ndarray, H: np.ndarray, size: tuple[int, int], k:
     like the blur itself, and a clipped highlight that covers a fraction of a half-resolution pixel must
     keep its emphasis). With flow_size (different from size), the linear frame for optical flow at that
     size. Returns (linear [3, h, w], encoded [3, h, w] or None, flow [3, hf, wf] or None) float32."""
-    Hh, Ww = frame.shape[:2]
+    Ww = frame.shape[1]
     codes = frame if frame.dtype == np.uint16 else to_u16(frame)
     lin = to_linear(codes)
 
@@ -164,8 +168,7 @@ _SG_LUTS: dict = {}
 def _soft_gamma_lut(k: float) -> np.ndarray:
     """uint16 sRGB code -> soft_gamma(linear, k) float32 (exact for 8/16-bit inputs, one gather at 12 MP)."""
     if k not in _SG_LUTS:
-        to_linear(np.zeros(1, np.uint16))  # builds _LUT
-        _SG_LUTS[k] = soft_gamma(torch.from_numpy(np.clip(_LUT, 0.0, 1.0)), k).numpy().astype(np.float32)
+        _SG_LUTS[k] = soft_gamma(torch.from_numpy(_linear_lut()), k).numpy()  # soft_gamma clamps to [0, 1]
     return _SG_LUTS[k]
 
 
