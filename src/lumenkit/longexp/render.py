@@ -185,11 +185,8 @@ def accumulate_pass(
                     wts = wts * torch.where(sp.mean(0, keepdim=True) > 0, sp, torch.ones_like(sp))
             vals = bilinear(img, pos, hwc)  # [C, N, M]
             wsum = wts.sum(0).clamp(min=1e-12)
-            if own is None:
-                flat_out[:, ids] = (vals * wts[None]).sum(1) / wsum[None]
-                continue
-            sw = swept[ids]
-            if not bool(sw.any()):
+            sw = swept[ids] if own is not None else None
+            if sw is None or not bool(sw.any()):
                 flat_out[:, ids] = (vals * wts[None]).sum(1) / wsum[None]
                 continue
             ds = d[:, sw]
@@ -298,13 +295,13 @@ def render_blur(frames: list[torch.Tensor], motions: list[PairMotion], cfg: Rend
     # paths shorter than one sample step keep the pixel (sub-step blur; the compositing keeps such
     # nearly static pixels sharp anyway) -- also resolution-relative, so the cost stays linear
     kw = dict(ramp=cfg.ramp, speed_weight=cfg.speed_weight, step=step, n_max=cfg.n_max, min_length=max(0.5, 0.5 * step))
+    x = pixel_grid(*motions[0].delta_a.shape[-2:], motions[0].delta_a.device) if tangents is not None else None  # spline end points
     for k, m in enumerate(motions):
         for img, delta, own, wmap, i, j in ((imgs[k], m.delta_a, m.own_a, m.weight_a, k, k + 1), (imgs[k + 1], m.delta_b, m.own_b, m.weight_b, k + 1, k)):
             kw["own"] = own if cfg.occlusion else None
             if tangents is None:
                 acc = accumulate_pass(img, delta, **kw)
             else:
-                x = pixel_grid(*delta.shape[-2:], delta.device)
                 # gather tangents: minus the motion tangent at this frame (forward pass) / plus it (backward)
                 sign = -1.0 if j > i else 1.0
                 mu0 = sign * tangents[i]
