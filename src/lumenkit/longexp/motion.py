@@ -9,6 +9,7 @@ line-kernel network of the paper (a later issue) implements the same `MotionPred
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import cv2
@@ -119,12 +120,19 @@ def _highlights(frame: torch.Tensor, rel: float = 0.8, floor: float = 0.45) -> n
     return np.clip((g - thr) / max(1.0 - thr, 1e-3) * 4, 0, 1).astype(np.float32)
 
 
+@lru_cache(maxsize=4)
+def _pixel_coords(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(xs, ys) float32 [h, w] pixel coordinates for cv2.remap maps (cached, read-only)."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
+
+
 def flow_with_prior(dis, a: np.ndarray, b: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """Flow a -> b [h, w, 2] searched around a prior flow: warp b back by the prior, estimate the
     residual motion with `dis` (a cv2 DenseOpticalFlow) and compose, F(p) = r(p) + prior(p + r(p)).
     (OpenCV's DIS binding does not take an initial flow.)"""
-    h, w = a.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs, ys = _pixel_coords(*a.shape[:2])
     prior = np.ascontiguousarray(prior, dtype=np.float32)
     bw = cv2.remap(b, xs + prior[..., 0], ys + prior[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     r = dis.calc(a, bw, None)
@@ -134,8 +142,7 @@ def flow_with_prior(dis, a: np.ndarray, b: np.ndarray, prior: np.ndarray) -> np.
 def warp_error(a: np.ndarray, b: np.ndarray, flow: np.ndarray, sigma: float = 2.0) -> np.ndarray:
     """Local photometric error |a(p) - b(p + flow(p))| (summed over channels, Gaussian-averaged over
     sigma px) of a flow a -> b. a, b: [h, w] or [h, w, C] uint8 or float; flow [h, w, 2]. Returns [h, w]."""
-    h, w = a.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs, ys = _pixel_coords(*a.shape[:2])
     bw = cv2.remap(b.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     d = np.abs(a.astype(np.float32) - bw)
     return cv2.GaussianBlur(d.sum(-1) if d.ndim == 3 else d, (0, 0), sigma)
@@ -156,7 +163,7 @@ PRIOR_MARGIN = 0.7  # the prior's candidate must warp with a clearly lower error
 PRIOR_SIGMA = 0.0125  # warping errors are compared averaged over this Gaussian (fraction of the diagonal)
 
 
-def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset: int, check: list | None = None) -> tuple[list, list]:
+def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset: int) -> tuple[list, list]:
     """Constant-velocity prior across the burst: content at p in frame k that arrived with motion
     -F_{k->k-1}(p) most likely leaves with F_{k->k+1}(p) ~ -F_{k->k-1}(p) (and likewise backwards).
 
@@ -166,11 +173,10 @@ def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset
     to the nearer one). The errors are compared after a Gaussian average (PRIOR_SIGMA of the diagonal)
     and the prior must win by a margin (PRIOR_MARGIN), so that noise does not pick between two equally
     good flows pixel by pixel. layers: per-frame uint8 images [h, w] (None: no layer in that frame);
-    fwd[k] / bwd[k]: flows k -> k+1 / k+1 -> k [h, w, 2] or None; check: per-frame images for the
-    warping errors (e.g. colour [h, w, 3]; default: the layers). Returns refined (fwd, bwd)."""
+    fwd[k] / bwd[k]: flows k -> k+1 / k+1 -> k [h, w, 2] or None; the warping errors are measured on
+    the layers. Returns refined (fwd, bwd)."""
     K = len(fwd)
     dis = cv2.DISOpticalFlow_create(preset)
-    check = check or layers
     shape = next((x.shape for x in layers if x is not None), (1, 1))
     sig = _error_sigma(shape)
     out_f, out_b = list(fwd), list(bwd)
@@ -179,9 +185,9 @@ def temporal_prior_refine(layers: list[np.ndarray], fwd: list, bwd: list, preset
         if a is None or b is None or fwd[k] is None:
             continue
         if k > 0 and bwd[k - 1] is not None:
-            out_f[k] = select_candidate(check[k], check[k + 1], fwd[k], flow_with_prior(dis, a, b, -bwd[k - 1]), sig)
+            out_f[k] = select_candidate(a, b, fwd[k], flow_with_prior(dis, a, b, -bwd[k - 1]), sig)
         if k < K - 1 and fwd[k + 1] is not None:
-            out_b[k] = select_candidate(check[k + 1], check[k], bwd[k], flow_with_prior(dis, b, a, -fwd[k + 1]), sig)
+            out_b[k] = select_candidate(b, a, bwd[k], flow_with_prior(dis, b, a, -fwd[k + 1]), sig)
     return out_f, out_b
 
 
@@ -265,8 +271,8 @@ class OpticalFlowPredictor:
         return out
 
     def __call__(self, frame_a: torch.Tensor, frame_b: torch.Tensor) -> PairMotion:
-        """One pair on its own (no temporal prior)."""
-        return OpticalFlowPredictor(**{**self.__dict__, "temporal_prior": False}).predict_burst([frame_a, frame_b])[0]
+        """One pair on its own (a single pair has no temporal prior)."""
+        return self.predict_burst([frame_a, frame_b])[0]
 
 
 def predict_all(frames: list[torch.Tensor], predictor: MotionPredictor) -> list[PairMotion]:
