@@ -333,16 +333,10 @@ class _BlendCPU(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_argmax):
         m, c, o, ch, offsets, ids, final_T, n_contrib, order, gstart, by_gauss = ctx.saved_tensors
         W, H = ctx.size
-        k = ctx.n_alpha
-        ext = load_extension()
-
-        def back(chs, g):  # the kernel's alpha gradient sums over the channels it is given
-            return ext.blend_backward(m, c, o, chs.contiguous(), offsets, ids, W, H, final_T, n_contrib,
-                                      g.contiguous(), order, gstart, by_gauss)
-
-        g_m, g_c, g_o, g_ch = back(ch[:, :k], grad_out[:k])
-        if k < ch.shape[1]:  # channels past n_alpha: gradient to the channel values only (GS-IR's PBR maps)
-            g_ch = torch.cat([g_ch, back(ch[:, k:], grad_out[k:])[3]], dim=1)
+        # channels past n_alpha: gradient to the channel values only (GS-IR's PBR maps), in the same pass
+        g_m, g_c, g_o, g_ch = load_extension().blend_backward(
+            m, c, o, ch, offsets, ids, W, H, final_T, n_contrib, grad_out.contiguous(), order, gstart, by_gauss, ctx.n_alpha
+        )
         return g_m, g_c, g_o, g_ch, None, None, None, None, None, None
 
 

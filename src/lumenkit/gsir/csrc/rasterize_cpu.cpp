@@ -231,8 +231,8 @@ void backward_impl(const at::Tensor& means2d, const at::Tensor& conics, const at
                    const at::Tensor& channels, const at::Tensor& order, const at::Tensor& offsets,
                    const at::Tensor& ids, int W, int H,
                    const at::Tensor& final_T, const at::Tensor& n_contrib, const at::Tensor& grad_out,
-                   at::Tensor& entry_grad) {
-  const int C = (int)channels.size(1);
+                   int NA, at::Tensor& entry_grad) {
+  const int C = (int)channels.size(1);  // the first NA channels carry the alpha gradient
   const int G6 = 6 + C;  // [dmx, dmy, da, db, dc, do, dch...]
   const int gx = (W + TILE - 1) / TILE, gy = (H + TILE - 1) / TILE;
   const scalar_t* m2d = means2d.data_ptr<scalar_t>();
@@ -255,7 +255,7 @@ void backward_impl(const at::Tensor& means2d, const at::Tensor& conics, const at
     const int px0 = tx * TILE, px1 = std::min(W, px0 + TILE);
     const int py0 = ty * TILE, py1 = std::min(H, py0 + TILE);
     const int tw = px1 - px0, npix = tw * (py1 - py0);
-    std::vector<scalar_t> T(npix), dpix((size_t)npix * C), accum((size_t)npix * C, scalar_t(0)), last_alpha(npix, 0);
+    std::vector<scalar_t> T(npix), dpix((size_t)npix * C), accum((size_t)npix * NA, scalar_t(0)), last_alpha(npix, 0);
     std::vector<int32_t> last_g(npix, -1), ncon(npix);
     std::vector<scalar_t> gl(G6);
     int max_n = 0;
@@ -293,16 +293,16 @@ void backward_impl(const at::Tensor& means2d, const at::Tensor& conics, const at
           if (!eval_alpha(s, scalar_t(x) + scalar_t(0.5), py, dx, dy, G, alpha)) continue;
           T[p] = T[p] / (scalar_t(1) - alpha);
           const scalar_t w = alpha * T[p];
-          scalar_t* acp = accum.data() + (size_t)p * C;
+          scalar_t* acp = accum.data() + (size_t)p * NA;
           const scalar_t* dp = dpix.data() + (size_t)p * C;
           const scalar_t la = last_alpha[p];
           const scalar_t* lc = last_g[p] >= 0 ? ch + (size_t)last_g[p] * C : nullptr;
           scalar_t dL_dalpha = 0;
-          for (int k = 0; k < C; ++k) {
+          for (int k = 0; k < NA; ++k) {
             if (lc) acp[k] = la * lc[k] + (scalar_t(1) - la) * acp[k];
             dL_dalpha += (cg[k] - acp[k]) * dp[k];
-            ge[6 + k] += w * dp[k];
           }
+          for (int k = 0; k < C; ++k) ge[6 + k] += w * dp[k];
           dL_dalpha *= T[p];
           last_alpha[p] = alpha;
           last_g[p] = g;
@@ -383,13 +383,16 @@ std::vector<at::Tensor> blend_forward(at::Tensor means2d, at::Tensor conics, at:
   return {out, final_T, n_contrib, argmax, offsets, ids, gstart, by_gauss};
 }
 
-// Returns [grad_means2d [N,2], grad_conics [N,3], grad_opac [N], grad_channels [N,C]]
+// Returns [grad_means2d [N,2], grad_conics [N,3], grad_opac [N], grad_channels [N,C]]. Only the first n_alpha
+// channels back-propagate to means2d / conics / opac (GS-IR's PBR maps do not move the geometry); the others get
+// their channel gradient only.
 std::vector<at::Tensor> blend_backward(at::Tensor means2d, at::Tensor conics, at::Tensor opac,
                                           at::Tensor channels, at::Tensor offsets, at::Tensor ids, int64_t W,
                                           int64_t H, at::Tensor final_T, at::Tensor n_contrib,
                                           at::Tensor grad_out, at::Tensor order, at::Tensor gstart,
-                                          at::Tensor by_gauss) {
+                                          at::Tensor by_gauss, int64_t n_alpha) {
   check_inputs(means2d, conics, opac, channels);
+  TORCH_CHECK(n_alpha >= 0 && n_alpha <= channels.size(1), "cpu rasterizer: n_alpha out of range");
   grad_out = grad_out.to(means2d.scalar_type()).contiguous();
   order = order.to(at::kLong).contiguous();
   const int64_t N = means2d.size(0), C = channels.size(1), L = ids.size(0), M = order.size(0);
@@ -399,7 +402,7 @@ std::vector<at::Tensor> blend_backward(at::Tensor means2d, at::Tensor conics, at
   auto chs = channels.index_select(0, order).contiguous();  // channels by depth rank
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "blend_backward", [&] {
     backward_impl<scalar_t>(means2d, conics, opac, chs, order, offsets, ids, (int)W, (int)H, final_T, n_contrib,
-                            grad_out, entry_grad);
+                            grad_out, (int)n_alpha, entry_grad);
     reduce_entries<scalar_t>(entry_grad, g, order, gstart, by_gauss);
   });
   return {g.narrow(1, 0, 2).contiguous(), g.narrow(1, 2, 3).contiguous(), g.select(1, 5).contiguous(),
