@@ -175,6 +175,10 @@ def test_cli_synth_and_run_static_shaky_scene(tmp_path):
     naive = np.mean([read_image(f, keep_alpha=False) for f in sorted((tmp_path / "s" / "burst").glob("*.png"))], 0)
     assert psnr(res[8:-8, 8:-8], truth[8:-8, 8:-8]) > 33.0
     assert psnr(res[8:-8, 8:-8], truth[8:-8, 8:-8]) > psnr(naive[8:-8, 8:-8], truth[8:-8, 8:-8]) + 3.0
+    # the rendering switches as flags (a static scene: the same quality with any of them)
+    out2 = tmp_path / "out2.png"
+    cli("longexp", "run", str(tmp_path / "s" / "burst"), "-o", str(out2), "--soft-gamma", "on", "--no-occlusion", "--no-spline", "--threads", "1")
+    assert psnr(read_image(out2, keep_alpha=False)[8:-8, 8:-8], truth[8:-8, 8:-8]) > 33.0
 
 
 def test_half_res_buffers_average_radiance_in_linear_light():
@@ -252,3 +256,25 @@ def test_colour_candidates_see_an_isoluminant_object():
         m = OpticalFlowPredictor(sweep=False, colour_candidates=colour, highlight_flow=False).predict_burst(frames)[0]
         fx = -float(m.delta_a[0, 30:35, 38:43].mean())  # forward flow at the disc
         assert (abs(fx - v) < 1.0) == ok, (colour, fx)
+
+
+def test_soft_gamma_auto_is_on_only_for_moving_clipped_highlights():
+    """--soft-gamma auto (the default): eq. 9 on for clipping lights, off for bright but unclipped balls,
+    and the result is then exactly that of soft gamma forced on / off."""
+    from lumenkit.longexp.pipeline import SOFT_GAMMA_MIN_FRACTION, LongExpConfig, finish, moving_clipped_fraction, prepare, with_render
+
+    for kind, expect in (("lights", True), ("objects", False)):
+        b = synthesize(SynthConfig(kind=kind, width=160, height=120, seed=1))
+        base = LongExpConfig(mode="foreground", select_frames=False, gain=float(b.params["gain"]))
+        assert base.render.soft_gamma == "auto"
+        prep = prepare(b.frames, base)
+        frac = moving_clipped_fraction(prep)
+        if expect:
+            assert frac > 10 * SOFT_GAMMA_MIN_FRACTION, frac
+        else:
+            assert frac == 0.0, frac
+        res = finish(prep, base)
+        assert res.soft_gamma is expect
+        assert np.array_equal(res.image, finish(prep, with_render(base, soft_gamma=expect)).image)
+    with pytest.raises(LumenkitError, match="soft-gamma"):
+        LongExpConfig(render=with_render(LongExpConfig(), soft_gamma="sometimes").render)

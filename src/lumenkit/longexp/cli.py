@@ -53,7 +53,10 @@ def register(subparsers) -> None:
     r.add_argument("--max-frames", type=int, default=None)
     r.add_argument("--no-spline", action="store_true")
     r.add_argument("--no-ramp", action="store_true")
-    r.add_argument("--no-soft-gamma", action="store_true")
+    r.add_argument("--soft-gamma", default="auto", choices=("auto", "on", "off"),
+                   help="eq. 9 soft gamma: auto = on when the burst has moving clipped highlights (default), on = always (the paper), off")
+    r.add_argument("--no-soft-gamma", action="store_true", help="same as --soft-gamma off")
+    r.add_argument("--no-occlusion", action="store_true", help="no occlusion check on swept-line samples")
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     add_device_arg(r)
     r.set_defaults(func=cmd_run)
@@ -94,14 +97,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     scene = Path(args.burst).parent / "scene.json"
     if gain is None:
         gain = float(json.loads(scene.read_text()).get("gain", 1.0)) if Path(args.burst).is_dir() and scene.is_file() else 1.0
-    rcfg = RenderConfig(spline=not args.no_spline, ramp=not args.no_ramp, soft_gamma=not args.no_soft_gamma)
+    sg = {"auto": "auto", "on": True, "off": False}["off" if args.no_soft_gamma else args.soft_gamma]
+    rcfg = RenderConfig(spline=not args.no_spline, ramp=not args.no_ramp, soft_gamma=sg, occlusion=not args.no_occlusion)
     cfg = LongExpConfig(mode=args.mode, select_frames=not args.no_select, gain=gain, render=rcfg)
     t0 = time.perf_counter()
     with torch_threads(args.threads):
         res = run_longexp(frames, cfg, intermediates=args.save_intermediates, device=resolve_device(args.device))
     save_result(res, out, args.bit_depth)
     used = ", ".join(names[: res.frames_used])
-    print(f"frames used: {res.frames_used} of {len(frames)} ({used}); sharp frame: {names[res.sharp_index]}; {time.perf_counter() - t0:.1f} s")
+    print(f"frames used: {res.frames_used} of {len(frames)} ({used}); sharp frame: {names[res.sharp_index]}; "
+          f"soft gamma {'on' if res.soft_gamma else 'off'}{' (auto)' if sg == 'auto' else ''}; {time.perf_counter() - t0:.1f} s")
     if res.unaligned:
         print(f"warning: alignment failed for frames {', '.join(names[i] for i in res.unaligned)} (left unaligned)")
     print(f"wrote {out}" + (f" and {out.with_name(out.stem + '_intermediates')}/" if args.save_intermediates else ""))
@@ -121,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for f in args.folders:
                 b = read_synth(f)
                 r = evaluate_burst(b)
-                summary[Path(f).name] = {m: r[m] for m in METHODS} | {"_selection": [r["_selection"]["frames"]]}
+                summary[Path(f).name] = {m: r[m] for m in METHODS} | {"_selection": [r["_selection"]["frames"]], "_soft_gamma": [r["_soft_gamma"]]}
         else:
             try:
                 seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -169,7 +174,7 @@ def demo_section(outdir: Path, device) -> str:
         "<p>Synthetic 8-frame bursts (320x240, under-exposed by 1 stop, shot/read noise, hand shake) with the true long "
         "exposure rendered from 225 sub-frames. Ours: KLT + RANSAC alignment, DIS flow (grey and colour channels, with a "
         "constant-velocity temporal prior) turned into swept line vectors, ramp-weighted spline blur at half resolution (linear-light buffers, soft "
-        "gamma) with an occlusion check on swept samples, M_flow compositing with the sharpest frame.</p>"
+        "gamma where moving highlights clip) with an occlusion check on swept samples, M_flow compositing with the sharpest frame.</p>"
     )
     table = html.table(["scene", "method", "PSNR dB", "SSIM", "trail gap", "seconds"], rows)
     return "<h2>longexp: computational long exposure</h2>" + intro + "".join(figs) + table

@@ -15,7 +15,7 @@ from lumenkit.longexp.align import BACKGROUND_SELECTION, FOREGROUND_SELECTION, s
 from lumenkit.longexp.data import SynthBurst, SynthConfig, synthesize
 from lumenkit.longexp.pipeline import LongExpConfig, aligned_average, finish, naive_average, prepare, with_render
 
-METHODS = ("naive average", "aligned average", "flow straight-line blur", "full pipeline", "no ramp", "no spline", "no soft gamma", "no occlusion check")
+METHODS = ("naive average", "aligned average", "flow straight-line blur", "full pipeline", "full, soft gamma always on (paper)", "no ramp", "no spline", "no soft gamma", "no occlusion check")
 
 
 def to_display(img: np.ndarray) -> np.ndarray:
@@ -43,6 +43,7 @@ def method_configs(base: LongExpConfig) -> dict[str, LongExpConfig]:
     return {
         "flow straight-line blur": replace(with_render(base, spline=False, ramp=False, soft_gamma=False, occlusion=False), composite=False),
         "full pipeline": base,
+        "full, soft gamma always on (paper)": with_render(base, soft_gamma=True),
         "no ramp": with_render(base, ramp=False),
         "no spline": with_render(base, spline=False),
         "no soft gamma": with_render(base, soft_gamma=False),
@@ -53,13 +54,18 @@ def method_configs(base: LongExpConfig) -> dict[str, LongExpConfig]:
 def evaluate_burst(burst: SynthBurst, base: LongExpConfig | None = None) -> dict[str, dict[str, float]]:
     """Every method on one synthetic burst (all frames: the truth covers the whole burst).
 
-    Returns {method: {psnr, ssim, trail_gap}} plus "_selection": frames the seed's rule would use."""
+    Returns {method: {psnr, ssim, trail_gap}} plus "_selection": frames the seed's rule would use, and
+    "_soft_gamma": whether the full pipeline's soft gamma "auto" switched eq. 9 on."""
     mode = burst.params["mode"]
     base = base or LongExpConfig(mode=mode, select_frames=False, gain=float(burst.params["gain"]))
     prep = prepare(burst.frames, base)
     imgs = {"naive average": naive_average(burst.frames, base.gain), "aligned average": aligned_average(prep, base.gain)}
+    sg_used = None
     for name, cfg in method_configs(base).items():
-        imgs[name] = finish(prep, cfg).image
+        res = finish(prep, cfg)
+        imgs[name] = res.image
+        if name == "full pipeline":
+            sg_used = res.soft_gamma
     truth_d = to_display(burst.truth)
     out: dict = {}
     for name, img in imgs.items():
@@ -67,6 +73,7 @@ def evaluate_burst(burst: SynthBurst, base: LongExpConfig | None = None) -> dict
         out[name] = {"psnr": psnr(d, truth_d), "ssim": ssim(d, truth_d), "trail_gap": trail_gap(img, burst.truth, burst.static, burst.trail_mask)}
     pct, target = FOREGROUND_SELECTION if mode == "foreground" else BACKGROUND_SELECTION
     out["_selection"] = {"frames": select_frames(prep.alignment.lengths, pct, target), "of": len(burst.frames)}
+    out["_soft_gamma"] = sg_used
     return out
 
 
@@ -81,17 +88,20 @@ def evaluate_suite(kinds=("objects", "lights", "water", "pan"), seeds=(0, 1, 2),
     for kind, results in per.items():
         summary[kind] = {m: {k: float(np.mean([r[m][k] for r in results])) for k in ("psnr", "ssim", "trail_gap")} for m in METHODS}
         summary[kind]["_selection"] = [r["_selection"]["frames"] for r in results]
+        summary[kind]["_soft_gamma"] = [r["_soft_gamma"] for r in results]
     return summary
 
 
 def summary_table(summary: dict) -> tuple[list[str], list[list]]:
     """Headers and rows (scene, method, PSNR, SSIM, trail gap, frames chosen by selection)."""
-    headers = ["scene", "method", "PSNR dB", "SSIM", "trail gap", "frame selection would use"]
+    headers = ["scene", "method", "PSNR dB", "SSIM", "trail gap", "frame selection would use", "soft gamma auto"]
     rows = []
     for kind, res in summary.items():
         best_gap = min(res[m]["trail_gap"] for m in METHODS)
         for m in METHODS:
             r = res[m]
             gap = f"{r['trail_gap']:.3f}" + (" (lowest)" if r["trail_gap"] == best_gap else "")
-            rows.append([kind, m, round(r["psnr"], 2), round(r["ssim"], 4), gap, ", ".join(map(str, res["_selection"])) if m == METHODS[0] else ""])
+            first = m == METHODS[0]
+            auto = ", ".join("on" if v else "off" for v in res.get("_soft_gamma", [])) if first else ""
+            rows.append([kind, m, round(r["psnr"], 2), round(r["ssim"], 4), gap, ", ".join(map(str, res["_selection"])) if first else "", auto])
     return headers, rows

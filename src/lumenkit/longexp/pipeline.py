@@ -31,7 +31,7 @@ class LongExpConfig:
     analysis_long_side: int = 640  # KLT / alignment resolution (long side, pixels)
     flow_long_side: int = 480  # motion prediction resolution (low resolution)
     render_scale: float = 0.5  # blur rendering at half resolution
-    render: RenderConfig = field(default_factory=RenderConfig)
+    render: RenderConfig = field(default_factory=lambda: RenderConfig(soft_gamma="auto"))
     composite: bool = True
     a: float = comp.ALPHA
     b: float = comp.BETA
@@ -47,6 +47,8 @@ class LongExpConfig:
             raise LumenkitError(f"--mode {self.mode!r}: expected foreground or background")
         if not 0 < self.render_scale <= 1:
             raise LumenkitError("render_scale must be in (0, 1]")
+        if self.render.soft_gamma not in (True, False, "auto"):
+            raise LumenkitError(f"--soft-gamma {self.render.soft_gamma!r}: expected on, off or auto")
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Result:
     unaligned: list = field(default_factory=list)  # frames whose (subject) alignment failed
     intermediates: dict = field(default_factory=dict)  # name -> [h, w, C] float image (sRGB for display)
     timings: dict = field(default_factory=dict)
+    soft_gamma: bool = False  # whether eq. 9 was applied (resolved from "auto")
 
 
 _LUT = None
@@ -190,7 +193,7 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
     r_size = _size(H, W, cfg.render_scale)
     s_fl = min(1.0, cfg.flow_long_side / max(H, W))
     fl_size = _size(H, W, s_fl)
-    k_sg = cfg.render.k if cfg.render.soft_gamma else None
+    k_sg = cfg.render.k if cfg.render.soft_gamma is True else None  # "auto": encoded later if needed
     render_frames, encoded, flow_frames = [], [], []
     for f, Hf in zip(frames, hs_full):
         lin, enc, fl = half_res_buffers(f, Hf, r_size, k_sg, fl_size)
@@ -219,14 +222,40 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
     return prep
 
 
+CLIP_LEVEL = 0.98  # linear sensor value (before gain) counted as clipped
+SOFT_GAMMA_MIN_FRACTION = 1e-4  # share of render-grid pixels with moving clipped content that turns "auto" on
+
+
+def moving_clipped_fraction(prep: Prepared, min_motion_px: float = 1.0) -> float:
+    """Share of render-grid pixels that are clipped (some channel >= CLIP_LEVEL, linear, before gain)
+    in some aligned frame and move by more than min_motion_px (render px) in some pair: the saturated
+    highlights whose trails soft gamma (eq. 9) exists to keep bright."""
+    clipped = torch.stack([f.amax(0) for f in prep.render_frames]).amax(0) >= CLIP_LEVEL
+    moving = torch.stack([m.magnitude for m in prep.motions]).amax(0) > min_motion_px
+    return float((clipped & moving).float().mean())
+
+
+def soft_gamma_needed(prep: Prepared, cfg: LongExpConfig) -> bool:
+    """Resolve cfg.render.soft_gamma: True / False as given; "auto" = on iff moving_clipped_fraction
+    >= SOFT_GAMMA_MIN_FRACTION. Soft gamma averages in a non-linear space: it gives clipped lights their
+    energy back, but on a burst without clipping it only brightens every trail of a bright object over
+    a darker background compared with the linear-light exposure (measured in benchmarks/longexp.py)."""
+    sg = cfg.render.soft_gamma
+    if sg == "auto":
+        return moving_clipped_fraction(prep) >= SOFT_GAMMA_MIN_FRACTION
+    return bool(sg)
+
+
 def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> Result:
     """Render the blur (cfg.render) and composite it with the sharp exposure at full resolution."""
     t0 = time.perf_counter()
     H, W = prep.sharp.shape[:2]
-    if cfg.render.soft_gamma:  # buffers encoded at full resolution before downsampling (eq. 9)
-        blur_r = render_blur(prep.soft_gamma_frames(cfg.render.k), prep.motions, cfg.render, encoded=True)
+    use_sg = soft_gamma_needed(prep, cfg)
+    rcfg = replace(cfg.render, soft_gamma=use_sg)
+    if use_sg:  # buffers encoded at full resolution before downsampling (eq. 9)
+        blur_r = render_blur(prep.soft_gamma_frames(rcfg.k), prep.motions, rcfg, encoded=True)
     else:
-        blur_r = render_blur(prep.render_frames, prep.motions, cfg.render)
+        blur_r = render_blur(prep.render_frames, prep.motions, rcfg)
     blur_r = blur_r.permute(1, 2, 0).cpu().numpy() * cfg.gain
     blur = _resize(blur_r, (H, W))
     tm = dict(prep.timings, render_s=time.perf_counter() - t0)
@@ -259,7 +288,7 @@ def finish(prep: Prepared, cfg: LongExpConfig, intermediates: bool = False) -> R
         inter["sharp"] = np.clip(linear_to_srgb(prep.sharp * cfg.gain), 0, 1)
         for k, m in enumerate(prep.motions):
             inter[f"flow_{k:02d}"] = flow_to_color(m.delta_a)
-    return Result(out, len(prep.render_frames), prep.sharp_index, list(prep.alignment.unaligned), inter, tm)
+    return Result(out, len(prep.render_frames), prep.sharp_index, list(prep.alignment.unaligned), inter, tm, use_sg)
 
 
 def run_longexp(frames: list[np.ndarray], cfg: LongExpConfig | None = None, predictor: MotionPredictor | None = None, intermediates: bool = False, device="cpu") -> Result:

@@ -268,7 +268,10 @@ class RenderConfig:
 
     spline: bool = True
     ramp: bool = True
-    soft_gamma: bool = True
+    # eq. 9: True / False, or "auto" (the pipeline's default): on when the burst has moving clipped
+    # highlights, the content soft gamma exists for (pipeline.soft_gamma_needed); render_blur itself
+    # treats "auto" as on
+    soft_gamma: bool | str = True
     k: float = 3.0
     speed_weight: bool = True
     occlusion: bool = True  # check swept-line samples against the content's own motion (needs PairMotion.own_*)
