@@ -74,6 +74,16 @@ def test_stage1_total_matches_weights():
     assert math.isclose(float(total), expect, rel_tol=1e-5)
     total0, terms0 = stage1_loss(pkg, gt, Stage1LossWeights(lambda_normal=0, lambda_normal_tv=0))
     assert set(terms0) == {"rgb"} and math.isclose(float(total0), terms["rgb"], rel_tol=1e-6)
+    # lumenkit additions: depth-normal term (roles swapped) and flatten (mean smallest scale)
+    pkg["normal_map_from_depth_grad"] = pkg["normal_map_from_depth"].clone().requires_grad_(True)
+    scales = torch.tensor([[0.1, 0.02, 0.3], [0.05, 0.2, 0.4]], requires_grad=True)
+    total2, terms2 = stage1_loss(pkg, gt, Stage1LossWeights(lambda_depth_normal=0.5, lambda_flatten=2.0), scales)
+    assert math.isclose(terms2["depth_normal"], terms["normal"], rel_tol=1e-6)  # L1 is symmetric
+    assert math.isclose(terms2["flatten"], 0.035, rel_tol=1e-6)
+    assert math.isclose(float(total2), expect + 0.5 * terms["normal"] + 2.0 * 0.035, rel_tol=1e-5)
+    total2.backward()
+    assert pkg["normal_map_from_depth_grad"].grad.abs().sum() > 0
+    assert torch.allclose(scales.grad, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))  # 2.0 * d mean / d min
 
 
 def test_stage1_opacity_gating_and_gsir_exact_mode():

@@ -104,3 +104,49 @@ def test_fg_pixel_classes_on_a_box_edge():
     b = normal_mae_breakdown(pred, gt, mask)
     assert b["crease"][1] == c["crease"].sum() and abs(b["crease"][0] / b["crease"][1] - 30) < 1e-3
     assert b["flat"][0] < 1e-3 and b["silhouette"][0] < 1e-3
+
+
+def _bumpy_sheet(seed=0):
+    """A sheet of flat, opaque Gaussians in the plane y = 0 with random bumps in y (the camera's depth
+    axis), per-Gaussian normals (0, -1, 0) already right."""
+    g = torch.Generator().manual_seed(seed)
+    xs, zs = torch.meshgrid(torch.linspace(-1.2, 1.2, 17), torch.linspace(-0.9, 0.9, 13), indexing="ij")
+    pts = torch.stack([xs.flatten(), torch.randn(xs.numel(), generator=g) * 0.06, zs.flatten()], -1)
+    m = GaussianModel(0)
+    m.create_from_points(pts, torch.rand(len(pts), 3, generator=g), 1.0)
+    with torch.no_grad():
+        m.params["scaling"].copy_(torch.log(torch.tensor([0.12, 0.01, 0.12])).expand_as(m.params["scaling"]))
+        m.params["opacity"].fill_(4.0)
+        m.params["normal"].copy_(torch.tensor([0.0, -1.0, 0.0]).expand_as(m.params["normal"]))
+    return m
+
+
+def test_depth_normal_term_flattens_the_geometry_and_gsir_term_does_not_move_it():
+    """GS-IR's consistency (depth normal detached) gives the positions no gradient; the lumenkit
+    depth-normal term (normal_map_from_depth_grad vs the detached normal map) flattens a bumpy sheet."""
+    from lumenkit.gsir.losses import normal_consistency_loss
+
+    # slightly oblique: a normal with an exactly zero component is outside GS-IR's mask
+    cam = Camera.from_fov(look_at_gl((0.3, -3.0, 0.4)), math.radians(45.0), 40, 30)
+    m = _bumpy_sheet()
+    pkg = render(m, cam, torch.zeros(3), backend="cpu", depth_normal_grad=True)
+    mask = pkg["normal_from_depth_mask"]
+    normal_consistency_loss(pkg["normal_map"], pkg["normal_map_from_depth"], mask).backward()
+    assert m.params["xyz"].grad is None or m.params["xyz"].grad.abs().max() == 0
+    assert torch.equal(pkg["normal_map_from_depth_grad"].detach(), pkg["normal_map_from_depth"])
+
+    inner = (m.xyz[:, 0].abs() < 0.8) & (m.xyz[:, 2].abs() < 0.6)  # Gaussians well inside the view
+    y0 = m.xyz.detach()[inner, 1].std()
+    opt = torch.optim.Adam([m.params["xyz"]], lr=0.01)
+    losses = []
+    for _ in range(60):
+        pkg = render(m, cam, torch.zeros(3), backend="cpu", depth_normal_grad=True)
+        loss = normal_consistency_loss(pkg["normal_map_from_depth_grad"], pkg["normal_map"].detach(), pkg["normal_from_depth_mask"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    y1 = m.xyz.detach()[inner, 1].std()
+    # the normal map is the true plane normal everywhere, so the loss is the depth normal's error
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert y1 < 0.8 * y0, (float(y0), float(y1))  # by moving the Gaussians towards the plane

@@ -9,6 +9,7 @@ from lumenkit.cli import main
 from lumenkit.common.errors import LumenkitError
 from lumenkit.gsir import data as D
 from lumenkit.gsir.gaussians import GaussianModel, OptimConfig, expon_lr
+from lumenkit.gsir.losses import Stage1LossWeights
 from lumenkit.gsir.train import Stage1Config, load_checkpoint, training, view_index
 
 BACKEND = "cpu"  # the C++ backend (checked against the reference by test_rasterize*)
@@ -139,3 +140,15 @@ def test_cli_end_to_end_and_errors(tiny_scene, tmp_path, capsys):
     assert "run `lumenkit gsir render" in capsys.readouterr().err
     assert _run(["gsir", "eval", "bogus", "-m", str(m)]) == 2
     assert _run(["gsir", "synth", "-o", str(tmp_path / "s"), "--object", "teapot"]) == 2
+
+
+def test_cli_loss_flag_defaults_match_the_config():
+    """The train flags' defaults are typed out in cli.py (parsing imports no torch): keep them equal
+    to Stage1LossWeights / Stage1Config."""
+    from lumenkit.cli import build_parser
+    from lumenkit.gsir.cli import config_from_args
+
+    args = build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s"])
+    got, ref = config_from_args(args).losses, Stage1LossWeights()
+    for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten"):
+        assert getattr(got, name) == getattr(ref, name), name

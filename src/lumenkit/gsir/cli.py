@@ -51,6 +51,10 @@ def register(subparsers) -> None:
     t.add_argument("--lambda_dssim", type=float, default=0.2)
     t.add_argument("--lambda_normal", type=float, default=1.0, help="normal consistency weight (0 = plain 3DGS)")
     t.add_argument("--normal_tv", type=float, default=5.0, help="edge-aware normal TV weight (0 = off)")
+    # defaults = Stage1LossWeights' (tests/gsir/test_train.py checks; no torch import when parsing)
+    t.add_argument("--lambda_depth_normal", type=float, default=0.0,
+                   help="lumenkit addition: depth normal -> rendered normal consistency that moves the geometry (0 = GS-IR)")
+    t.add_argument("--lambda_flatten", type=float, default=0.0, help="lumenkit addition: mean smallest Gaussian scale (0 = GS-IR)")
     t.add_argument("--random_background", action="store_true")
     t.add_argument("--schedule", default="auto", choices=("auto", "paper"), help="auto: scale densify/reset/SH/LR intervals by iterations/30000")
     t.add_argument("--seed", type=int, default=0)
@@ -127,7 +131,8 @@ def config_from_args(args) -> "object":
         densification_interval=args.densification_interval, opacity_reset_interval=args.opacity_reset_interval,
         densify_grad_threshold=args.densify_grad_threshold, num_points=args.num_points, init_bound=args.init_bound,
         white_background=args.white_background, random_background=args.random_background, resolution=args.resolution,
-        losses=Stage1LossWeights(lambda_dssim=args.lambda_dssim, lambda_normal=args.lambda_normal, lambda_normal_tv=args.normal_tv),
+        losses=Stage1LossWeights(lambda_dssim=args.lambda_dssim, lambda_normal=args.lambda_normal, lambda_normal_tv=args.normal_tv,
+                                 lambda_depth_normal=args.lambda_depth_normal, lambda_flatten=args.lambda_flatten),
         optim=optim, schedule=args.schedule, seed=args.seed, backend=args.backend,
         test_iterations=list(args.test_iterations), checkpoint_iterations=list(args.checkpoint_iterations),
     )

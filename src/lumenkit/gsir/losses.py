@@ -81,12 +81,21 @@ class Stage1LossWeights:
     # exceeds this; TV on the unit normal map times the detached opacity
     normal_min_opacity: float = 0.5
     tv_opacity_weighted: bool = True
+    # lumenkit addition (0 = GS-IR): the same consistency with the roles swapped, L1 between the
+    # normal from the rendered depth (gradient to the geometry) and the detached rendered normal map,
+    # so the surface the depth describes flattens towards the smooth learned normals
+    lambda_depth_normal: float = 0.0
+    # lumenkit addition (0 = GS-IR): mean of each Gaussian's smallest scale (scene units), pushing the
+    # Gaussians towards flat discs that lie in the surface (as in GaussianShader / NeuSG)
+    lambda_flatten: float = 0.0
 
 
-def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, scales: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total stage-1 loss and its terms. render_pkg needs render, normal_map (unit), and for the
     normal terms normal_map_from_depth, normal_from_depth_mask; optional normal_map_raw (the blended,
     opacity-weighted normals) and opacity_map (see pipeline.render).
+
+    scales: the Gaussians' activated scales [N, 3], needed when lambda_flatten > 0.
 
     Consistency uses the unit normal map where the depth normal is valid and the rendered opacity is
     > 0.5 (so normalisation never divides by a near-zero blend); the TV acts on the unit normal map
@@ -99,10 +108,15 @@ def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights) 
         if "opacity_map" in render_pkg and w.normal_min_opacity > 0:
             mask = mask & (render_pkg["opacity_map"].detach()[0] > w.normal_min_opacity)
         terms["normal"] = normal_consistency_loss(render_pkg["normal_map"], render_pkg["normal_map_from_depth"], mask)
+        if w.lambda_depth_normal > 0:
+            terms["depth_normal"] = normal_consistency_loss(render_pkg["normal_map_from_depth_grad"], render_pkg["normal_map"].detach(), mask)
     if w.lambda_normal_tv > 0:
         n = render_pkg["normal_map"]
         if "opacity_map" in render_pkg and w.tv_opacity_weighted:
             n = n * render_pkg["opacity_map"].detach()
         terms["normal_tv"] = edge_aware_tv(n, gt_image)
-    total = terms["rgb"] + w.lambda_normal * terms.get("normal", 0.0) + w.lambda_normal_tv * terms.get("normal_tv", 0.0)
+    if w.lambda_flatten > 0:
+        terms["flatten"] = scales.min(dim=1).values.mean()
+    total = (terms["rgb"] + w.lambda_flatten * terms.get("flatten", 0.0) + w.lambda_normal * terms.get("normal", 0.0) + w.lambda_normal_tv * terms.get("normal_tv", 0.0)
+             + w.lambda_depth_normal * terms.get("depth_normal", 0.0))
     return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}

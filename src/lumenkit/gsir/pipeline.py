@@ -17,13 +17,17 @@ from lumenkit.gsir.gaussians import GaussianModel
 
 
 def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str = "auto", argmax_depth: bool = False, inference: bool = False,
-           with_depth_normal: bool = True, depth_median: bool = True, skip_border_normal_grad: bool = True) -> dict:
+           with_depth_normal: bool = True, depth_median: bool = True, skip_border_normal_grad: bool = True,
+           depth_normal_grad: bool = False) -> dict:
     """Rasterize every Gaussian attribute for one camera; add the normal from depth and its masks.
 
     As GS-IR: the normal from depth is computed on the 3x3 median-filtered depth (``depth_median``,
     its rasterizer's ``kornia.filters.median_blur(depth, (3, 3))``), and the gradient of the normal
     map is zeroed on the image border pixels (``skip_border_normal_grad``, its backward.cu "Skip the
-    edge normal", where the depth normal does not exist either)."""
+    edge normal", where the depth normal does not exist either).
+
+    depth_normal_grad (lumenkit addition, not GS-IR): also return ``normal_map_from_depth_grad``, the
+    same depth normal with its graph to the rendered depth kept, for a loss that moves the geometry."""
     from lumenkit.gsir.rasterize import rasterize
 
     out = rasterize(
@@ -49,7 +53,7 @@ def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str =
     pkg["normal_map_raw"] = out["normal_map"]
     pkg["normal_map"] = F.normalize(out["normal_map"], dim=0, eps=1e-8)
     if with_depth_normal:
-        pkg.update(normal_from_depth(out["depth_map"], camera, median=depth_median))
+        pkg.update(normal_from_depth(out["depth_map"], camera, median=depth_median, grad=depth_normal_grad))
     return pkg
 
 
@@ -72,15 +76,19 @@ def median_blur3(x: torch.Tensor) -> torch.Tensor:
     return patches.median(dim=1).values.reshape(shape)
 
 
-def normal_from_depth(depth_map: torch.Tensor, camera, median: bool = True) -> dict:
+def normal_from_depth(depth_map: torch.Tensor, camera, median: bool = True, grad: bool = False) -> dict:
     """GS-IR: normal_map_from_depth [3, H, W] (detached, as GS-IR's CUDA op has no backward: the
     normals learn from depth, not the reverse), normal_from_depth_mask [H, W], mask_from_depth [1, H, W].
-    median: compute it from the 3x3 median-filtered depth, as GS-IR's rasterizer does."""
+    median: compute it from the 3x3 median-filtered depth, as GS-IR's rasterizer does.
+    grad: add normal_map_from_depth_grad [3, H, W], the same values differentiable w.r.t. depth_map."""
     from lumenkit.gsir.geometry import normals_from_depth
 
-    d = depth_map.detach()
+    d = depth_map if grad else depth_map.detach()
     res = normals_from_depth(median_blur3(d) if median else d, camera)
-    return {k: v.detach() for k, v in res.items()}
+    out = {k: v.detach() for k, v in res.items()}
+    if grad:
+        out["normal_map_from_depth_grad"] = res["normal_map_from_depth"]
+    return out
 
 
 def normal_to_rgb(n: torch.Tensor) -> np.ndarray:

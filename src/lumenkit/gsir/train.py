@@ -203,8 +203,9 @@ def training(
             gt = gt + (1 - a) * (cur_bg - bg)[:, None, None]  # re-composite over the random colour
         need_dn = run.losses.lambda_normal > 0
         pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn,
-                     depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad)
-        loss, terms = stage1_loss(pkg, gt, run.losses)
+                     depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad,
+                     depth_normal_grad=need_dn and run.losses.lambda_depth_normal > 0)
+        loss, terms = stage1_loss(pkg, gt, run.losses, gaussians.scales)
         loss.backward()
         with torch.no_grad():
             p = psnr(pkg["render"], gt)
