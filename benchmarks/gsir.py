@@ -60,12 +60,16 @@ def evaluate_model(gaussians, scene, device) -> dict:
     return out
 
 
-METHODS = {"gsir": "GS-IR stage 1", "3dgs": "3DGS (no normal losses)"}
+METHODS = {"gsir": "GS-IR stage 1", "gsir_geo": "GS-IR stage 1 + depth-normal geometry term (lumenkit)", "3dgs": "3DGS (no normal losses)"}
 
 
-def run_method(tag: str, scene, iterations: int, num_points: int, out: Path, max_seconds: float | None, normal_tv: float) -> dict:
+def run_method(tag: str, scene, iterations: int, num_points: int, out: Path, max_seconds: float | None, normal_tv: float,
+               depth_normal: float = 0.05) -> dict:
     """Train one method and evaluate it; returns the metrics row as a dict."""
-    w = Stage1LossWeights(lambda_normal_tv=normal_tv) if tag == "gsir" else Stage1LossWeights(lambda_normal=0.0, lambda_normal_tv=0.0)
+    if tag == "3dgs":
+        w = Stage1LossWeights(lambda_normal=0.0, lambda_normal_tv=0.0, lambda_depth_normal=0.0)
+    else:
+        w = Stage1LossWeights(lambda_normal_tv=normal_tv, lambda_depth_normal=depth_normal if tag == "gsir_geo" else 0.0)
     cfg = Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0)
     res = training(scene, out / f"model_{tag}", cfg, torch.device("cpu"), progress=True, log_every=5, max_seconds=max_seconds)
     m = evaluate_model(res["gaussians"], scene, torch.device("cpu"))
@@ -87,6 +91,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "outputs" / "gsir_bench"))
     ap.add_argument("--no_raster_table", action="store_true")
     ap.add_argument("--normal_tv", type=float, default=Stage1LossWeights().lambda_normal_tv, help="GS-IR normal TV weight (paper 5.0)")
+    ap.add_argument("--depth_normal", type=float, default=0.05, help="lambda_depth_normal of the gsir_geo method")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--load_note", default="", help="what else was running on the machine (printed in the section text)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -101,7 +107,7 @@ def main() -> None:
         iterations, num_points = args.iterations, args.num_points
     if args.worker:  # child process: one method, one thread (the two methods share the 2 cores)
         torch.set_num_threads(1)
-        m = run_method(args.worker, read_scene(data), iterations, num_points, out, args.max_minutes * 60, args.normal_tv)
+        m = run_method(args.worker, read_scene(data), iterations, num_points, out, args.max_minutes * 60, args.normal_tv, args.depth_normal)
         (out / f"result_{args.worker}.json").write_text(json.dumps(m))
         return
     t0 = time.perf_counter()
@@ -115,10 +121,13 @@ def main() -> None:
 
     load_start = os.getloadavg()[0]
     procs = {}
-    for tag in METHODS:
+    tags = [t for t in args.methods.split(",") if t]
+    if not tags or any(t not in METHODS for t in tags):
+        raise SystemExit(f"--methods {args.methods!r}: choose from {','.join(METHODS)}")
+    for tag in tags:
         cmd = [sys.executable, __file__, "--worker", tag, "--iterations", str(args.iterations), "--num_points", str(args.num_points),
                "--max_minutes", str(args.max_minutes), "--data", str(args.data), "--out", str(args.out),
-               "--normal_tv", str(args.normal_tv)] + (["--quick"] if args.quick else [])
+               "--normal_tv", str(args.normal_tv), "--depth_normal", str(args.depth_normal)] + (["--quick"] if args.quick else [])
         procs[tag] = subprocess.Popen(cmd, stdout=open(out / f"log_{tag}.txt", "w"), stderr=subprocess.STDOUT)
     raster = "\n(Rasterizer speed: see the gsir-raster section; not re-measured during this run.)\n"
     if not args.no_raster_table:
@@ -156,7 +165,7 @@ def main() -> None:
         f"(stopped early at the time budget of {args.max_minutes:g} min if slower) from {num_points} random Gaussians in +-1.3; 3DGS "
         f"schedule scaled by iterations/30000: densify from {sc.densify_from_iter} to {sc.densify_until_iter} every "
         f"{sc.densification_interval}, opacity reset every {sc.opacity_reset_interval}, SH degree up every {sc.sh_up_interval}; "
-        "rasterizer backend 'auto' (C++ CPU). The two methods train at the same time, one process each, one torch thread each. "
+        f"rasterizer backend 'auto' (C++ CPU). The {len(tags)} methods train at the same time, one process each, one torch thread each. "
         f"GS-IR stage 1 loss: 0.8 L1 + 0.2 D-SSIM + {w.lambda_normal:g} x normal consistency (L1, rendered unit normal vs "
         "normal from the 3x3 median-filtered rendered depth, inside GS-IR's normal_from_depth_mask"
         + (f" and where the rendered opacity > {w.normal_min_opacity:g}" if w.normal_min_opacity > 0 else "")
@@ -165,12 +174,17 @@ def main() -> None:
         + (f" (GS-IR's default --normal_tv is {Stage1LossWeights().lambda_normal_tv:g})" if w.lambda_normal_tv != Stage1LossWeights().lambda_normal_tv else "")
         + "; normal gradients reach the per-Gaussian normals only (not the geometry) and skip the image-border pixels, "
         "as GS-IR's rasterizer. "
+        + (f"The lumenkit geometry term adds {args.depth_normal:g} x the same consistency with the roles swapped (normal from the "
+           "rendered depth, with its gradient to the Gaussians' positions, scales, rotations and opacities, vs the detached "
+           f"rendered normal map) from iteration {sc.depth_normal_from_iter}, after densification (earlier, its view-space "
+           "gradients trigger densification: measured 3x the Gaussians and -10 dB). " if "gsir_geo" in tags else "")
+        + 
         "Metrics on all test views: PSNR/SSIM (Gaussian 11x11) in sRGB, no LPIPS; normal MAE = mean angle to the GT "
         "world normal, 'fg' over GT foreground pixels, 'GS-IR protocol' over all pixels with background (0,0,1) on both sides; "
         "'depth-normal' = normal from the (median-filtered) rendered depth (depth_to_normal), the only normal plain 3DGS has. "
         f"The machine (2 cores) is shared with other jobs{': ' + args.load_note if args.load_note else ''}; 1-minute load average "
         f"{load_start:.1f} at the start, {min(loads):.1f} to {max(loads):.1f} (mean {np.mean(loads):.1f}) while training, "
-        f"{os.getloadavg()[0]:.1f} at the end (our two trainings alone make 2), so iterations/s are pessimistic by an unknown factor.\n\n"
+        f"{os.getloadavg()[0]:.1f} at the end (our {len(tags)} trainings alone make {len(tags)}), so iterations/s are pessimistic by an unknown factor.\n\n"
         f"Targets (issue 5): PSNR >= 30 dB and normal MAE <= 8 deg at 128 px within a 30-minute CPU run.\n\n{table}\n\n"
         "Where the rendered-normal error is (extra diagnostic, not the target metric): MAE in degrees over the GT foreground "
         "pixels of each class, pooled over all test views (share of the foreground in brackets); silhouette band = within 2 px "
