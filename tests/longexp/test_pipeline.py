@@ -150,6 +150,8 @@ def test_end_to_end_beats_aligned_average_on_light_trails():
     full, aligned = r["full pipeline"], r["aligned average"]
     assert full["psnr"] > aligned["psnr"] + 2.0, r
     assert full["trail_gap"] < aligned["trail_gap"] - 0.1, r
+    assert full["trail_psnr"] < full["psnr"]  # the trails are where the error is
+    assert full["trail_psnr"] > aligned["trail_psnr"] + 2.0, r
     assert full["psnr"] > r["no soft gamma"]["psnr"], r  # soft gamma matters on clipped lights
 
 

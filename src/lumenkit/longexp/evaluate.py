@@ -54,7 +54,7 @@ def method_configs(base: LongExpConfig) -> dict[str, LongExpConfig]:
 def evaluate_burst(burst: SynthBurst, base: LongExpConfig | None = None) -> dict[str, dict[str, float]]:
     """Every method on one synthetic burst (all frames: the truth covers the whole burst).
 
-    Returns {method: {psnr, ssim, trail_gap}} plus "_selection": frames the seed's rule would use, and
+    Returns {method: {psnr, ssim, trail_gap, trail_psnr (PSNR over the truth's trail pixels only)}} plus "_selection": frames the seed's rule would use, and
     "_soft_gamma": whether the full pipeline's soft gamma "auto" switched eq. 9 on."""
     mode = burst.params["mode"]
     base = base or LongExpConfig(mode=mode, select_frames=False, gain=float(burst.params["gain"]))
@@ -70,7 +70,8 @@ def evaluate_burst(burst: SynthBurst, base: LongExpConfig | None = None) -> dict
     out: dict = {}
     for name, img in imgs.items():
         d = to_display(img)
-        out[name] = {"psnr": psnr(d, truth_d), "ssim": ssim(d, truth_d), "trail_gap": trail_gap(img, burst.truth, burst.static, burst.trail_mask)}
+        out[name] = {"psnr": psnr(d, truth_d), "ssim": ssim(d, truth_d), "trail_gap": trail_gap(img, burst.truth, burst.static, burst.trail_mask),
+                     "trail_psnr": psnr(d, truth_d, mask=burst.trail_mask)}
     pct, target = FOREGROUND_SELECTION if mode == "foreground" else BACKGROUND_SELECTION
     out["_selection"] = {"frames": select_frames(prep.alignment.lengths, pct, target), "of": len(burst.frames)}
     out["_soft_gamma"] = sg_used
@@ -86,7 +87,7 @@ def evaluate_suite(kinds=("objects", "lights", "water", "pan"), seeds=(0, 1, 2),
         per.setdefault(kind, []).append(evaluate_burst(b))
     summary: dict = {}
     for kind, results in per.items():
-        summary[kind] = {m: {k: float(np.mean([r[m][k] for r in results])) for k in ("psnr", "ssim", "trail_gap")} for m in METHODS}
+        summary[kind] = {m: {k: float(np.mean([r[m][k] for r in results])) for k in ("psnr", "ssim", "trail_gap", "trail_psnr")} for m in METHODS}
         summary[kind]["_selection"] = [r["_selection"]["frames"] for r in results]
         summary[kind]["_soft_gamma"] = [r["_soft_gamma"] for r in results]
     return summary
@@ -94,7 +95,7 @@ def evaluate_suite(kinds=("objects", "lights", "water", "pan"), seeds=(0, 1, 2),
 
 def summary_table(summary: dict) -> tuple[list[str], list[list]]:
     """Headers and rows (scene, method, PSNR, SSIM, trail gap, frames chosen by selection)."""
-    headers = ["scene", "method", "PSNR dB", "SSIM", "trail gap", "frame selection would use", "soft gamma auto"]
+    headers = ["scene", "method", "PSNR dB", "SSIM", "trail PSNR dB", "trail gap", "frame selection would use", "soft gamma auto"]
     rows = []
     for kind, res in summary.items():
         best_gap = min(res[m]["trail_gap"] for m in METHODS)
@@ -103,5 +104,5 @@ def summary_table(summary: dict) -> tuple[list[str], list[list]]:
             gap = f"{r['trail_gap']:.3f}" + (" (lowest)" if r["trail_gap"] == best_gap else "")
             first = m == METHODS[0]
             auto = ", ".join("on" if v else "off" for v in res.get("_soft_gamma", [])) if first else ""
-            rows.append([kind, m, round(r["psnr"], 2), round(r["ssim"], 4), gap, ", ".join(map(str, res["_selection"])) if first else "", auto])
+            rows.append([kind, m, round(r["psnr"], 2), round(r["ssim"], 4), round(r["trail_psnr"], 2), gap, ", ".join(map(str, res["_selection"])) if first else "", auto])
     return headers, rows
