@@ -60,6 +60,9 @@ class Stage1Config:
     # image border pixels
     depth_median: bool = True
     skip_border_normal_grad: bool = True
+    # the lumenkit depth-normal term (losses.lambda_depth_normal) starts here: after densification, whose
+    # view-space gradient statistic it would otherwise inflate (measured: 3x the Gaussians, -10 dB)
+    depth_normal_from_iter: int = 15_000
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: str = "auto"  # auto | paper
     seed: int = 0
@@ -80,6 +83,7 @@ class Stage1Config:
         # accumulates view-space gradients over >= 25 iterations, or the Gaussian count explodes
         c.densify_from_iter = max(s(self.densify_from_iter, 50), self.iterations // 10)
         c.densify_until_iter = max(s(self.densify_until_iter, 50), c.densify_from_iter + 1)
+        c.depth_normal_from_iter = s(self.depth_normal_from_iter, 1)
         c.densification_interval = s(self.densification_interval, 25)
         c.opacity_reset_interval = s(self.opacity_reset_interval, 100)
         c.sh_up_interval = s(self.sh_up_interval, 10)
@@ -185,6 +189,7 @@ def training(
     bg = torch.tensor([1.0, 1.0, 1.0] if run.white_background else [0.0, 0.0, 0.0], device=device)
     images = [v.image.to(device) for v in scene.train]
     cameras = [v.camera(device) for v in scene.train]
+    stage1_weights_before_depth_normal = dataclasses.replace(run.losses, lambda_depth_normal=0.0)
     ema_loss, ema_psnr, psnr_hist = None, None, []
     ckpts = set(run.checkpoint_iterations) | {run.iterations}
     t0 = time.perf_counter()
@@ -204,8 +209,9 @@ def training(
         need_dn = run.losses.lambda_normal > 0
         pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn,
                      depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad,
-                     depth_normal_grad=need_dn and run.losses.lambda_depth_normal > 0)
-        loss, terms = stage1_loss(pkg, gt, run.losses, gaussians.scales)
+                     depth_normal_grad=need_dn and run.losses.lambda_depth_normal > 0 and it >= run.depth_normal_from_iter)
+        weights = run.losses if it >= run.depth_normal_from_iter else stage1_weights_before_depth_normal
+        loss, terms = stage1_loss(pkg, gt, weights, gaussians.scales)
         loss.backward()
         with torch.no_grad():
             p = psnr(pkg["render"], gt)
