@@ -97,9 +97,14 @@ def test_bad_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "evil.pth")
 
 
-def test_short_training_psnr_rises(tiny_scene, tmp_path):
+@pytest.mark.parametrize("depth_normal", [0.0, 0.05])
+def test_short_training_psnr_rises(tiny_scene, tmp_path, depth_normal):
+    """Also with lumenkit's depth-normal term, which switches on halfway (iteration 50 of 100)."""
     scene = D.read_scene(tiny_scene)
-    res = training(scene, tmp_path, _cfg(iterations=100, num_points=800, test_iterations=[1, 100]), torch.device("cpu"), progress=False)
+    cfg = _cfg(iterations=100, num_points=800, test_iterations=[1, 100])
+    cfg.losses = Stage1LossWeights(**{**cfg.losses.__dict__, "lambda_depth_normal": depth_normal})
+    assert cfg.scaled().depth_normal_from_iter == 50
+    res = training(scene, tmp_path, cfg, torch.device("cpu"), progress=False)
     first, last = res["test"][1]["psnr"], res["test"][100]["psnr"]
     assert last > first + 4.0, (first, last)
     assert res["train_psnr"] > res["first_train_psnr"] + 4.0
@@ -152,3 +157,4 @@ def test_cli_loss_flag_defaults_match_the_config():
     got, ref = config_from_args(args).losses, Stage1LossWeights()
     for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten"):
         assert getattr(got, name) == getattr(ref, name), name
+    assert config_from_args(args).depth_normal_from_iter == Stage1Config().depth_normal_from_iter
