@@ -175,6 +175,16 @@ def _soft_gamma_lut(k: float) -> np.ndarray:
     return _SG_LUTS[k]
 
 
+CLIP_LEVEL = 0.98  # linear sensor value (before gain) counted as clipped
+SOFT_GAMMA_MIN_FRACTION = 1e-4  # share of render-grid pixels with moving clipped content that turns "auto" on
+
+
+def any_clipped(frames: list[np.ndarray]) -> bool:
+    """Whether some pixel of the sRGB frames (float [0, 1] or uint16 codes) reaches CLIP_LEVEL in linear light."""
+    thr = float(linear_to_srgb(np.array([CLIP_LEVEL], np.float32))[0])
+    return any(float(f.max()) >= (thr * 65535.0 if f.dtype == np.uint16 else thr) for f in frames)
+
+
 def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredictor | None = None, device: torch.device | str = "cpu") -> Prepared:
     """Alignment, frame selection, aligned render-resolution frames, motion and the sharp exposure."""
     t0 = time.perf_counter()
@@ -193,7 +203,10 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
     r_size = _size(H, W, cfg.render_scale)
     s_fl = min(1.0, cfg.flow_long_side / max(H, W))
     fl_size = _size(H, W, s_fl)
-    k_sg = cfg.render.k if cfg.render.soft_gamma is True else None  # "auto": encoded later if needed
+    # soft-gamma buffers in the same pass when they may be used: "auto" can only switch eq. 9 on for a
+    # burst that clips somewhere (finish decides; Prepared.soft_gamma_frames builds them if missing)
+    sg = cfg.render.soft_gamma
+    k_sg = cfg.render.k if sg is True or (sg == "auto" and any_clipped(frames)) else None
     render_frames, encoded, flow_frames = [], [], []
     for f, Hf in zip(frames, hs_full):
         lin, enc, fl = half_res_buffers(f, Hf, r_size, k_sg, fl_size)
@@ -220,10 +233,6 @@ def prepare(frames: list[np.ndarray], cfg: LongExpConfig, predictor: MotionPredi
     if k_sg is not None:
         prep.encoded_frames[k_sg] = encoded
     return prep
-
-
-CLIP_LEVEL = 0.98  # linear sensor value (before gain) counted as clipped
-SOFT_GAMMA_MIN_FRACTION = 1e-4  # share of render-grid pixels with moving clipped content that turns "auto" on
 
 
 def moving_clipped_fraction(prep: Prepared, min_motion_px: float = 1.0) -> float:
