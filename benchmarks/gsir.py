@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from lumenkit.common.bench import markdown_table, write_section  # noqa: E402
 from lumenkit.common.metrics import psnr, ssim  # noqa: E402
 from lumenkit.gsir.data import SynthConfig, load_gt, read_scene, synthesize_scene  # noqa: E402
-from lumenkit.gsir.evaluate import normal_mae, normal_mae_breakdown  # noqa: E402
+from lumenkit.gsir.evaluate import normal_mae, normal_mae_breakdown, pooled_breakdown  # noqa: E402
 from lumenkit.gsir.losses import Stage1LossWeights  # noqa: E402
 from lumenkit.gsir.pipeline import render  # noqa: E402
 from lumenkit.gsir.train import Stage1Config, training  # noqa: E402
@@ -38,7 +38,7 @@ def evaluate_model(gaussians, scene, device) -> dict:
     """Mean test metrics (see module docstring)."""
     bg = torch.tensor(scene.background, device=device)
     rows = []
-    pooled: dict[str, list[float]] = {}
+    breakdowns = []
     for v in scene.test:
         pkg = render(gaussians, v.camera(device), bg, inference=True)
         img = pkg["render"].clamp(0, 1)
@@ -47,16 +47,11 @@ def evaluate_model(gaussians, scene, device) -> dict:
         nm = normal_mae(pred, gt_n, mask)
         nd = normal_mae(pkg["normal_map_from_depth"].permute(1, 2, 0).cpu().numpy(), gt_n, mask)
         rows.append([psnr(img, v.image), ssim(img, v.image), nm["masked"], nm["gsir"], nd["masked"], nd["gsir"]])
-        for k, (err_sum, n) in normal_mae_breakdown(pred, gt_n, mask).items():
-            acc = pooled.setdefault(k, [0.0, 0])
-            acc[0] += err_sum
-            acc[1] += n
+        breakdowns.append(normal_mae_breakdown(pred, gt_n, mask))
     r = np.nanmean(np.array(rows, dtype=np.float64), axis=0)
     out = dict(zip(("psnr", "ssim", "mae_normal_fg", "mae_normal_gsir", "mae_depthnormal_fg", "mae_depthnormal_gsir"), map(float, r)))
-    n_fg = sum(n for _, n in pooled.values())
-    for k, (err_sum, n) in pooled.items():  # extra diagnostic: where the fg error is (pixels pooled over views)
-        out[f"mae_{k}"] = err_sum / max(n, 1)
-        out[f"frac_{k}"] = n / max(n_fg, 1)
+    for k, (mae, frac) in pooled_breakdown(breakdowns).items():  # extra diagnostic: where the fg error is
+        out[f"mae_{k}"], out[f"frac_{k}"] = mae, frac
     return out
 
 
@@ -177,7 +172,7 @@ def main() -> None:
         + (f"The lumenkit geometry term adds {args.depth_normal:g} x the same consistency with the roles swapped (normal from the "
            "rendered depth, with its gradient to the Gaussians' positions, scales, rotations and opacities, vs the detached "
            f"rendered normal map) from iteration {sc.depth_normal_from_iter}, after densification (earlier, its view-space "
-           "gradients trigger densification: measured 3x the Gaussians and -10 dB). " if "gsir_geo" in tags else "")
+           "gradients would drive densification). " if "gsir_geo" in tags else "")
         + 
         "Metrics on all test views: PSNR/SSIM (Gaussian 11x11) in sRGB, no LPIPS; normal MAE = mean angle to the GT "
         "world normal, 'fg' over GT foreground pixels, 'GS-IR protocol' over all pixels with background (0,0,1) on both sides; "

@@ -20,33 +20,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lumenkit.common.bench import markdown_table, write_section  # noqa: E402
-from lumenkit.gsir.data import AOV_SPEC, SynthConfig, build_scene, gt_maps, make_object, orbit_poses  # noqa: E402
-from lumenkit.gsir.evaluate import normal_mae, normal_mae_breakdown  # noqa: E402
+from lumenkit.gsir.data import AOV_SPEC, SynthConfig, build_scene, gt_maps, make_object, scene_poses  # noqa: E402
+from lumenkit.gsir.evaluate import normal_mae, normal_mae_breakdown, pooled_breakdown  # noqa: E402
 
 
 def footprint_floor(cfg: SynthConfig, views: int, s: int) -> tuple[float, dict[str, tuple[float, float]]]:
     """(mean fg MAE over views, {class: (MAE, share of fg)}) of the footprint-mean vs pixel-centre GT normal."""
     parts = make_object(cfg.object, cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    orbit_poses(cfg.n_train, cfg.radius, rng)  # same random stream as synthesize_scene: train poses first
-    test_poses = orbit_poses(cfg.n_test, cfg.radius, rng, elev_range=(0.0, 60.0), spiral=True)
+    test_poses = scene_poses(cfg)[1]
     aov = build_scene(parts, None, aovs=AOV_SPEC)
     mat = build_scene(parts, None, aovs="alb:albedo,dd:depth", material_pass=True)
     w = int(cfg.resolution)
-    pooled: dict[str, list[float]] = {}
-    maes = []
+    breakdowns, maes = [], []
     for c2w in test_poses[:: max(1, len(test_poses) // views)][:views]:
         lo = gt_maps(aov, mat, c2w, cfg.camera_angle_x, w, w)
         hi = gt_maps(aov, mat, c2w, cfg.camera_angle_x, w * s, w * s)
         n = hi["normal"].reshape(w, s, w, s, 3).sum((1, 3))
         n = n / np.clip(np.linalg.norm(n, axis=-1, keepdims=True), 1e-8, None)
         maes.append(normal_mae(n, lo["normal"], lo["mask"])["masked"])
-        for k, (err, cnt) in normal_mae_breakdown(n, lo["normal"], lo["mask"]).items():
-            acc = pooled.setdefault(k, [0.0, 0])
-            acc[0] += err
-            acc[1] += cnt
-    tot = sum(c for _, c in pooled.values())
-    return float(np.mean(maes)), {k: (e / max(c, 1), c / max(tot, 1)) for k, (e, c) in pooled.items()}
+        breakdowns.append(normal_mae_breakdown(n, lo["normal"], lo["mask"]))
+    return float(np.mean(maes)), pooled_breakdown(breakdowns)
 
 
 def main() -> None:

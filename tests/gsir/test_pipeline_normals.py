@@ -150,3 +150,12 @@ def test_depth_normal_term_flattens_the_geometry_and_gsir_term_does_not_move_it(
     # the normal map is the true plane normal everywhere, so the loss is the depth normal's error
     assert losses[-1] < 0.3 * losses[0], losses
     assert y1 < 0.8 * y0, (float(y0), float(y1))  # by moving the Gaussians towards the plane
+
+
+def test_pooled_breakdown_weights_views_by_pixels():
+    from lumenkit.gsir.evaluate import pooled_breakdown
+
+    views = [{"flat": (10.0, 5), "crease": (30.0, 1)}, {"flat": (2.0, 1), "crease": (90.0, 3)}]
+    pooled = pooled_breakdown(views)
+    assert pooled["flat"] == pytest.approx((12.0 / 6, 6 / 10))  # not the mean of per-view MAEs (2.0, 2.0)
+    assert pooled["crease"] == pytest.approx((120.0 / 4, 4 / 10))

@@ -113,6 +113,14 @@ def orbit_poses(n: int, radius: float, rng: np.random.Generator, elev_range=(-15
     return poses
 
 
+def scene_poses(cfg) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(train, test) camera-to-world poses (OpenGL/Blender convention) of a synthesized scene: random on
+    the sphere for training, a rising spiral for testing; seeded by cfg.seed (a SynthConfig)."""
+    rng = np.random.default_rng(cfg.seed)
+    train = orbit_poses(cfg.n_train, cfg.radius, rng)
+    return train, orbit_poses(cfg.n_test, cfg.radius, rng, elev_range=(0.0, 60.0), spiral=True)
+
+
 # ====================================================================================== env maps
 ENVMAPS = ("sky", "sunset", "studio", "dusk", "overcast")
 
@@ -427,9 +435,7 @@ def synthesize_scene(out: str | Path, cfg: SynthConfig = SynthConfig(), progress
     envs = {name: make_envmap(name, cfg.env_resolution, cfg.seed) for name in (cfg.envmap, *cfg.relight_envmaps)}
     for name, env in envs.items():
         write_hdr(out / "envmaps" / f"{name}.hdr", env)
-    rng = np.random.default_rng(cfg.seed)
-    train_poses = orbit_poses(cfg.n_train, cfg.radius, rng)
-    test_poses = orbit_poses(cfg.n_test, cfg.radius, rng, elev_range=(0.0, 60.0), spiral=True)
+    train_poses, test_poses = scene_poses(cfg)
     main_scene = build_scene(parts, envs[cfg.envmap], max_depth=cfg.max_depth)
     relit_scenes = {n: build_scene(parts, envs[n], max_depth=cfg.max_depth) for n in cfg.relight_envmaps}
     aov_scene = build_scene(parts, None, aovs=AOV_SPEC)

@@ -61,6 +61,19 @@ def normal_mae_breakdown(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> 
     return {k: (float(err[m].sum()), int(m.sum())) for k, m in fg_pixel_classes(gt, mask).items()}
 
 
+def pooled_breakdown(breakdowns) -> dict[str, tuple[float, float]]:
+    """Pool normal_mae_breakdown results of several views: {class: (MAE in degrees over all its pixels,
+    share of all foreground pixels)}."""
+    sums: dict[str, list[float]] = {}
+    for b in breakdowns:
+        for k, (err_sum, n) in b.items():
+            acc = sums.setdefault(k, [0.0, 0])
+            acc[0] += err_sum
+            acc[1] += n
+    n_fg = sum(n for _, n in sums.values())
+    return {k: (e / max(n, 1), n / max(n_fg, 1)) for k, (e, n) in sums.items()}
+
+
 def find_render_dir(model_path: str | Path, split: str = "test") -> Path:
     """The newest <model>/<split>/ours_<iteration> folder written by `lumenkit gsir render`."""
     base = Path(model_path) / split

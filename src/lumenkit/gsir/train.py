@@ -189,7 +189,7 @@ def training(
     bg = torch.tensor([1.0, 1.0, 1.0] if run.white_background else [0.0, 0.0, 0.0], device=device)
     images = [v.image.to(device) for v in scene.train]
     cameras = [v.camera(device) for v in scene.train]
-    stage1_weights_before_depth_normal = dataclasses.replace(run.losses, lambda_depth_normal=0.0)
+    weights_without_depth_normal = dataclasses.replace(run.losses, lambda_depth_normal=0.0)
     ema_loss, ema_psnr, psnr_hist = None, None, []
     ckpts = set(run.checkpoint_iterations) | {run.iterations}
     t0 = time.perf_counter()
@@ -207,11 +207,11 @@ def training(
             a = scene.train[idx].alpha.to(device)
             gt = gt + (1 - a) * (cur_bg - bg)[:, None, None]  # re-composite over the random colour
         need_dn = run.losses.lambda_normal > 0
+        dn_on = need_dn and run.losses.lambda_depth_normal > 0 and it >= run.depth_normal_from_iter
         pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn,
-                     depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad,
-                     depth_normal_grad=need_dn and run.losses.lambda_depth_normal > 0 and it >= run.depth_normal_from_iter)
-        weights = run.losses if it >= run.depth_normal_from_iter else stage1_weights_before_depth_normal
-        loss, terms = stage1_loss(pkg, gt, weights, gaussians.scales)
+                     depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad, depth_normal_grad=dn_on)
+        weights = run.losses if dn_on else weights_without_depth_normal
+        loss, terms = stage1_loss(pkg, gt, weights, gaussians.scales if run.losses.lambda_flatten > 0 else None)
         loss.backward()
         with torch.no_grad():
             p = psnr(pkg["render"], gt)
