@@ -97,17 +97,19 @@ def test_bad_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "evil.pth")
 
 
-@pytest.mark.parametrize("depth_normal", [0.0, 0.05])
-def test_short_training_psnr_rises(tiny_scene, tmp_path, depth_normal):
-    """Also with lumenkit's depth-normal term, which switches on halfway (iteration 50 of 100)."""
+@pytest.mark.parametrize("depth_normal,lumenkit_normals", [(0.0, False), (0.05, False), (0.05, True)])
+def test_short_training_psnr_rises(tiny_scene, tmp_path, depth_normal, lumenkit_normals):
+    """Also with lumenkit's depth-normal term, which switches on halfway (iteration 50 of 100), and
+    with its unfiltered depth normal and back-face culled normal map."""
     scene = D.read_scene(tiny_scene)
-    cfg = _cfg(iterations=100, num_points=800, test_iterations=[1, 100])
+    cfg = _cfg(iterations=100, num_points=800, test_iterations=[1, 100], depth_median=not lumenkit_normals, cull_backfacing_normals=lumenkit_normals)
     cfg.losses = Stage1LossWeights(**{**cfg.losses.__dict__, "lambda_depth_normal": depth_normal})
     assert cfg.scaled().depth_normal_from_iter == 50
     res = training(scene, tmp_path, cfg, torch.device("cpu"), progress=False)
     first, last = res["test"][1]["psnr"], res["test"][100]["psnr"]
     assert last > first + 4.0, (first, last)
     assert res["train_psnr"] > res["first_train_psnr"] + 4.0
+    assert res["gaussians"].cull_backfacing_normals is lumenkit_normals
 
 
 def _run(argv):
@@ -158,3 +160,7 @@ def test_cli_loss_flag_defaults_match_the_config():
     for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten"):
         assert getattr(got, name) == getattr(ref, name), name
     assert config_from_args(args).depth_normal_from_iter == Stage1Config().depth_normal_from_iter
+    assert config_from_args(args).depth_median is Stage1Config().depth_median is True
+    assert config_from_args(args).cull_backfacing_normals is Stage1Config().cull_backfacing_normals is False
+    lumenkit = config_from_args(build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s", "--no_depth_median", "--cull_backfacing_normals"]))
+    assert lumenkit.depth_median is False and lumenkit.cull_backfacing_normals is True

@@ -73,8 +73,9 @@ class OptimConfig:
 class GaussianModel:
     """3D Gaussians with SH colour, normal and PBR materials (3DGS GaussianModel + GS-IR fields)."""
 
-    def __init__(self, sh_degree: int = 3, device: torch.device | str = "cpu"):
+    def __init__(self, sh_degree: int = 3, device: torch.device | str = "cpu", cull_backfacing_normals: bool = False):
         self.max_sh_degree = int(sh_degree)
+        self.cull_backfacing_normals = bool(cull_backfacing_normals)
         self.active_sh_degree = 0
         self.device = torch.device(device)
         self.params: dict[str, torch.nn.Parameter] = {}
@@ -115,6 +116,19 @@ class GaussianModel:
     @property
     def normals(self) -> torch.Tensor:
         return F.normalize(self.params["normal"], dim=-1)
+
+    def view_normals(self, camera_center: torch.Tensor) -> torch.Tensor:
+        """[N, 3] world normals that one view blends into its normal map.
+
+        GS-IR blends every Gaussian's unit normal. With cull_backfacing_normals (lumenkit addition),
+        normals facing away from the camera at camera_center [3] (world) are zeroed: such a Gaussian
+        lies on a surface turned away, so it only shows through partial coverage (silhouettes,
+        creases), where it drags the normalised blend off the visible surface."""
+        n = self.normals
+        if not self.cull_backfacing_normals:
+            return n
+        facing = ((camera_center - self.xyz.detach()) * n.detach()).sum(-1, keepdim=True) >= 0
+        return n * facing
 
     @property
     def albedo(self) -> torch.Tensor:
@@ -300,6 +314,7 @@ class GaussianModel:
         sd = {
             "max_sh_degree": self.max_sh_degree,
             "active_sh_degree": self.active_sh_degree,
+            "cull_backfacing_normals": self.cull_backfacing_normals,
             "spatial_lr_scale": float(self.spatial_lr_scale),
             "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
             "max_radii2D": self.max_radii2D.cpu().clone(),
@@ -322,6 +337,7 @@ class GaussianModel:
             raise LumenkitError(f"checkpoint: missing Gaussian parameters {', '.join(missing)} (not a lumenkit gsir checkpoint?)")
         self.max_sh_degree = int(sd["max_sh_degree"])
         self.active_sh_degree = int(sd["active_sh_degree"])
+        self.cull_backfacing_normals = bool(sd.get("cull_backfacing_normals", False))
         self.spatial_lr_scale = float(sd["spatial_lr_scale"])
         self.params = {k: torch.nn.Parameter(sd["params"][k].to(self.device).requires_grad_(True)) for k in PARAM_NAMES}
         self._reset_stats()

@@ -38,7 +38,7 @@ def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str =
         camera,
         sh=gaussians.sh,
         sh_degree=gaussians.active_sh_degree,
-        normals=gaussians.normals,
+        normals=gaussians.view_normals(camera.camera_center.to(gaussians.xyz)),
         albedo=gaussians.albedo,
         roughness=gaussians.roughness,
         metallic=gaussians.metallic,

@@ -63,6 +63,8 @@ class Stage1Config:
     # the lumenkit depth-normal term (losses.lambda_depth_normal) starts here: after densification, whose
     # view-space gradient statistic it would otherwise inflate (measured: 3x the Gaussians, -10 dB)
     depth_normal_from_iter: int = 15_000
+    # lumenkit addition (False = GS-IR): normals facing away from the camera leave the normal blend
+    cull_backfacing_normals: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: str = "auto"  # auto | paper
     seed: int = 0
@@ -174,7 +176,7 @@ def training(
     print("[gsir train] config:\n" + json.dumps(run.to_dict(), indent=2))
     atomic_write_json(model_path / "config.json", run.to_dict())
 
-    gaussians = GaussianModel(run.sh_degree, device)
+    gaussians = GaussianModel(run.sh_degree, device, run.cull_backfacing_normals)
     first_iter = 0
     if start_checkpoint:
         state = load_checkpoint(start_checkpoint, device)
