@@ -58,28 +58,36 @@ def evaluate_model(gaussians, scene, device) -> dict:
 METHODS = {"gsir": "GS-IR stage 1", "gsir_geo": "GS-IR stage 1 + depth-normal geometry term (lumenkit)", "3dgs": "3DGS (no normal losses)"}
 
 
-def method_label(tag: str, depth_median: bool = True, cull: bool = False) -> str:
+LUMENKIT_FLAGS = {  # benchmark flag -> (Stage1Config field, value when the flag is given, words for the row name)
+    "no_depth_median": ("depth_median", False, "unfiltered depth normal"),
+    "cull_backfacing_normals": ("cull_backfacing_normals", True, "back-face culled normals"),
+    "planar_depth": ("planar_depth", True, "planar depth"),
+}
+
+
+def method_label(tag: str, flags: dict[str, bool]) -> str:
     """The gsir_geo row's name says which lumenkit additions it trains with."""
-    if tag != "gsir_geo" or (depth_median and not cull):
+    extras = [LUMENKIT_FLAGS[f][2] for f, on in flags.items() if on]
+    if tag != "gsir_geo" or not extras:
         return METHODS[tag]
-    extras = ["depth-normal geometry term"] + ([] if depth_median else ["unfiltered depth normal"]) + (["back-face culled normals"] if cull else [])
-    return "GS-IR stage 1 + " + ", ".join(extras) + " (lumenkit)"
+    return "GS-IR stage 1 + " + ", ".join(["depth-normal geometry term"] + extras) + " (lumenkit)"
 
 
 def run_method(tag: str, scene, iterations: int, num_points: int, out: Path, max_seconds: float | None, normal_tv: float,
-               depth_normal: float = 0.05, depth_median: bool = True, cull: bool = False) -> dict:
-    """Train one method and evaluate it; returns the metrics row as a dict."""
+               depth_normal: float = 0.05, flags: dict[str, bool] | None = None) -> dict:
+    """Train one method and evaluate it; returns the metrics row as a dict. flags (LUMENKIT_FLAGS)
+    apply to the gsir_geo method only."""
+    flags = flags or {}
     if tag == "3dgs":
         w = Stage1LossWeights(lambda_normal=0.0, lambda_normal_tv=0.0, lambda_depth_normal=0.0)
     else:
         w = Stage1LossWeights(lambda_normal_tv=normal_tv, lambda_depth_normal=depth_normal if tag == "gsir_geo" else 0.0)
-    geo = tag == "gsir_geo"
-    cfg = Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0, depth_median=depth_median or not geo,
-                       cull_backfacing_normals=cull and geo)
+    extra = {LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f, on in flags.items() if on and tag == "gsir_geo"}
+    cfg = Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0, **extra)
     res = training(scene, out / f"model_{tag}", cfg, torch.device("cpu"), progress=True, log_every=5, max_seconds=max_seconds)
     m = evaluate_model(res["gaussians"], scene, torch.device("cpu"))
     m.update(its_per_s=res["its_per_s"], minutes=res["seconds"] / 60, num_gaussians=res["num_gaussians"], iterations=res["iterations"])
-    print(f"[bench gsir] {method_label(tag, depth_median, cull)}: {m}", flush=True)
+    print(f"[bench gsir] {method_label(tag, flags)}: {m}", flush=True)
     return m
 
 
@@ -97,12 +105,13 @@ def main() -> None:
     ap.add_argument("--no_raster_table", action="store_true")
     ap.add_argument("--normal_tv", type=float, default=Stage1LossWeights().lambda_normal_tv, help="GS-IR normal TV weight (paper 5.0)")
     ap.add_argument("--depth_normal", type=float, default=0.05, help="lambda_depth_normal of the gsir_geo method")
-    ap.add_argument("--no_depth_median", action="store_true", help="the gsir_geo method trains on the normal from the unfiltered depth")
-    ap.add_argument("--cull_backfacing_normals", action="store_true", help="the gsir_geo method leaves back-facing normals out of its normal map")
+    for flag, (field, _, words) in LUMENKIT_FLAGS.items():
+        ap.add_argument(f"--{flag}", action="store_true", help=f"the gsir_geo method trains with {words} (Stage1Config.{field})")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--load_note", default="", help="what else was running on the machine (printed in the section text)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    flags = {f: bool(getattr(args, f)) for f in LUMENKIT_FLAGS}
     out = Path(args.out) / ("quick" if args.quick else "full")
     if args.quick:
         data = out / "scene"
@@ -114,8 +123,7 @@ def main() -> None:
         iterations, num_points = args.iterations, args.num_points
     if args.worker:  # child process: one method, one thread (the two methods share the 2 cores)
         torch.set_num_threads(1)
-        m = run_method(args.worker, read_scene(data), iterations, num_points, out, args.max_minutes * 60, args.normal_tv, args.depth_normal,
-                       not args.no_depth_median, args.cull_backfacing_normals)
+        m = run_method(args.worker, read_scene(data), iterations, num_points, out, args.max_minutes * 60, args.normal_tv, args.depth_normal, flags)
         (out / f"result_{args.worker}.json").write_text(json.dumps(m))
         return
     t0 = time.perf_counter()
@@ -136,7 +144,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", tag, "--iterations", str(args.iterations), "--num_points", str(args.num_points),
                "--max_minutes", str(args.max_minutes), "--data", str(args.data), "--out", str(args.out),
                "--normal_tv", str(args.normal_tv), "--depth_normal", str(args.depth_normal)] + (["--quick"] if args.quick else [])
-        cmd += (["--no_depth_median"] if args.no_depth_median else []) + (["--cull_backfacing_normals"] if args.cull_backfacing_normals else [])
+        cmd += [f"--{f}" for f, on in flags.items() if on]
         procs[tag] = subprocess.Popen(cmd, stdout=open(out / f"log_{tag}.txt", "w"), stderr=subprocess.STDOUT)
     raster = "\n(Rasterizer speed: see the gsir-raster section; not re-measured during this run.)\n"
     if not args.no_raster_table:
@@ -156,7 +164,7 @@ def main() -> None:
         if p.wait() != 0:
             raise SystemExit(f"benchmark worker {tag} failed: see {out / f'log_{tag}.txt'}")
         m = json.loads((out / f"result_{tag}.json").read_text())
-        label = method_label(tag, not args.no_depth_median, args.cull_backfacing_normals)
+        label = method_label(tag, flags)
         rows.append([label, m["psnr"], m["ssim"], m["mae_normal_fg"], m["mae_normal_gsir"], m["mae_depthnormal_fg"], m["mae_depthnormal_gsir"],
                      m["iterations"], m["its_per_s"], m["minutes"], m["num_gaussians"]])
         diag_rows.append([label] + [f"{m[f'mae_{k}']:.1f} ({100 * m[f'frac_{k}']:.0f}%)" for k in ("flat", "crease", "silhouette")])
@@ -188,11 +196,17 @@ def main() -> None:
            "rendered depth, with its gradient to the Gaussians' positions, scales, rotations and opacities, vs the detached "
            f"rendered normal map) from iteration {sc.depth_normal_from_iter}, after densification (earlier, its view-space "
            "gradients would drive densification)"
-           + ("; it also computes every depth normal in training from the unfiltered rendered depth (GS-IR filters "
-              "it 3x3 with a median, which rounds the creases)" if args.no_depth_median else "")
-           + ("; and its normal map (in training and in every metric) leaves out the Gaussians whose normal faces away from "
-              "the camera (GS-IR blends them all; they show only through partial coverage, at silhouettes and creases)"
-              if args.cull_backfacing_normals else "") + ". " if "gsir_geo" in tags else "")
+           + (". Its other lumenkit options: " if any(flags.values()) else "")
+           + ("; ".join(words for on, words in (
+               (args.no_depth_median, "every depth normal in training comes from the unfiltered rendered depth (GS-IR filters "
+                "it 3x3 with a median, which rounds the creases)"),
+               (args.cull_backfacing_normals, "its normal map (in training and in every metric) leaves out the Gaussians whose "
+                "normal faces away from the camera (GS-IR blends them all; they show only through partial coverage, at "
+                "silhouettes and creases)"),
+               (args.planar_depth, "each Gaussian adds the depth of its own plane at the pixel to the depth map, not its centre "
+                "depth (rasterize(planar_depth=True), as RaDe-GS / PGSR; GS-IR blends centre depths)"),
+           ) if on))
+           + ". " if "gsir_geo" in tags else "")
         + 
         "Metrics on all test views: PSNR/SSIM (Gaussian 11x11) in sRGB, no LPIPS; normal MAE = mean angle to the GT "
         "world normal, 'fg' over GT foreground pixels, 'GS-IR protocol' over all pixels with background (0,0,1) on both sides; "

@@ -173,3 +173,29 @@ def test_backface_culling_keeps_only_the_visible_surface_in_the_normal_map(ext):
     g2 = GaussianModel(0, "cpu")
     g2.load_state_dict(model_from(*args, True).state_dict())
     assert g2.cull_backfacing_normals
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("normal,eye", [((0.0, 0.0, 1.0), (1.0, -2.0, 2.5)), ((0.3, -0.8, 0.5), (0.5, -3.0, 1.5))])
+def test_planar_depth_of_a_tilted_plane(ext, backend, normal, eye):
+    """Rendered depth of a plane of flat Gaussians vs the closed-form ray-plane depth: with
+    planar_depth each Gaussian adds its own plane's depth at the pixel, so the depth (and its
+    depth_to_normal) is exact up to the plane's linearisation; GS-IR's centre depths are not."""
+    means, quats, scales, opac, n = plane_of_gaussians(normal)
+    cam = camera(eye)
+    H, W = cam.height, cam.width
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    K = cam.K
+    ray = torch.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], torch.ones_like(xs)], -1) @ cam.viewmat[:3, :3]
+    true_z = -(cam.camera_center @ n) / (ray @ n)  # view-space z where the pixel ray meets n . x = 0
+    errs = {}
+    for planar in (False, True):
+        with torch.no_grad():
+            out = rasterize(means, quats, scales, opac, cam, colors=torch.full_like(means, 0.5), backend=backend, planar_depth=planar)
+        inside = out["opacity_map"][0] > 0.99
+        nd = normal_from_depth(out["depth_map"], cam, median=False)
+        valid = nd["normal_from_depth_mask"] & inside
+        angle = torch.rad2deg(torch.arccos((nd["normal_map_from_depth"] * n[:, None, None]).sum(0).clamp(-1, 1)))
+        errs[planar] = (float((out["depth_map"][0] - true_z).abs()[inside].max()), float(angle[valid].mean()))
+    assert errs[True][0] < 5e-3 * float(true_z.mean()) and errs[True][1] < 0.2, errs
+    assert errs[False][0] > 10 * errs[True][0] and errs[False][1] > 3 * errs[True][1], errs

@@ -59,6 +59,7 @@ def weighted_loss(out, seed=1):
         (1, 80, (40, 36), {"bg": torch.tensor([0.3, 0.6, 0.9])}),  # many overlapping Gaussians
         (2, 60, (50, 34), {"inference": True, "bg": torch.tensor([1.0, 1.0, 1.0])}),
         (3, 50, (33, 47), {"argmax_depth": True}),
+        (4, 60, (44, 38), {"planar_depth": True}),
     ],
 )
 def test_cpu_matches_reference(ext, seed, n, size, kw):
@@ -92,8 +93,9 @@ def test_cpu_float64_matches_reference_to_rounding(ext):
         assert torch.allclose(p_cpu[k].grad, p_ref[k].grad, atol=1e-10, rtol=1e-9), k
 
 
+@pytest.mark.parametrize("planar_depth", [False, True])
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_gradcheck_float64(ext, backend):
+def test_gradcheck_float64(ext, backend, planar_depth):
     """Finite differences of the whole pipeline (projection + blending) on a tiny single-tile image."""
     scene = random_scene(4, 3, dtype=torch.float64, spread=0.3, size=(0.2, 0.4))
     scene["opacities"] = torch.tensor([0.5, 0.6, 0.7, 0.4], dtype=torch.float64)
@@ -103,7 +105,7 @@ def test_gradcheck_float64(ext, backend):
 
     def f(means, quats, scales, opacities, colors, normals):
         out = rasterize(means, quats, scales, opacities, cam, colors=colors, normals=normals,
-                        bg=torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), backend=backend)
+                        bg=torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), backend=backend, planar_depth=planar_depth)
         # the normal map is differentiated w.r.t. the normals only (GS-IR: attribute maps do not move
         # the geometry; test_normal_frames checks that), so it is checked at the fixed scene geometry
         fixed = (scene[k] for k in keys[:4])

@@ -73,9 +73,13 @@ class OptimConfig:
 class GaussianModel:
     """3D Gaussians with SH colour, normal and PBR materials (3DGS GaussianModel + GS-IR fields)."""
 
-    def __init__(self, sh_degree: int = 3, device: torch.device | str = "cpu", cull_backfacing_normals: bool = False):
+    def __init__(self, sh_degree: int = 3, device: torch.device | str = "cpu", cull_backfacing_normals: bool = False,
+                 planar_depth: bool = False):
         self.max_sh_degree = int(sh_degree)
+        # lumenkit render conventions (False = GS-IR), kept with the model so that every render agrees
+        # with training: see view_normals and rasterize(planar_depth=...)
         self.cull_backfacing_normals = bool(cull_backfacing_normals)
+        self.planar_depth = bool(planar_depth)
         self.active_sh_degree = 0
         self.device = torch.device(device)
         self.params: dict[str, torch.nn.Parameter] = {}
@@ -315,6 +319,7 @@ class GaussianModel:
             "max_sh_degree": self.max_sh_degree,
             "active_sh_degree": self.active_sh_degree,
             "cull_backfacing_normals": self.cull_backfacing_normals,
+            "planar_depth": self.planar_depth,
             "spatial_lr_scale": float(self.spatial_lr_scale),
             "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
             "max_radii2D": self.max_radii2D.cpu().clone(),
@@ -338,6 +343,7 @@ class GaussianModel:
         self.max_sh_degree = int(sd["max_sh_degree"])
         self.active_sh_degree = int(sd["active_sh_degree"])
         self.cull_backfacing_normals = bool(sd.get("cull_backfacing_normals", False))
+        self.planar_depth = bool(sd.get("planar_depth", False))
         self.spatial_lr_scale = float(sd["spatial_lr_scale"])
         self.params = {k: torch.nn.Parameter(sd["params"][k].to(self.device).requires_grad_(True)) for k in PARAM_NAMES}
         self._reset_stats()

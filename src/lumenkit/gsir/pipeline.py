@@ -46,6 +46,7 @@ def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str =
         backend=backend,
         argmax_depth=argmax_depth,
         inference=inference,
+        planar_depth=gaussians.planar_depth,
     )
     pkg = dict(out)
     if skip_border_normal_grad and out["normal_map"].requires_grad:

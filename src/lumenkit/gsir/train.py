@@ -65,6 +65,8 @@ class Stage1Config:
     depth_normal_from_iter: int = 15_000
     # lumenkit addition (False = GS-IR): normals facing away from the camera leave the normal blend
     cull_backfacing_normals: bool = False
+    # lumenkit addition (False = GS-IR): each Gaussian blends the depth of its own plane, not its centre's
+    planar_depth: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: str = "auto"  # auto | paper
     seed: int = 0
@@ -176,7 +178,7 @@ def training(
     print("[gsir train] config:\n" + json.dumps(run.to_dict(), indent=2))
     atomic_write_json(model_path / "config.json", run.to_dict())
 
-    gaussians = GaussianModel(run.sh_degree, device, run.cull_backfacing_normals)
+    gaussians = GaussianModel(run.sh_degree, device, run.cull_backfacing_normals, run.planar_depth)
     first_iter = 0
     if start_checkpoint:
         state = load_checkpoint(start_checkpoint, device)
