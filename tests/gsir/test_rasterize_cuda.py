@@ -82,13 +82,13 @@ def fake_gsplat(radii_2d: bool) -> types.ModuleType:
     return mod
 
 
-@pytest.mark.parametrize("radii_2d", [False, True])
-def test_cuda_glue_with_stand_in_gsplat(monkeypatch, radii_2d):
+@pytest.mark.parametrize("radii_2d,planar_depth", [(False, False), (True, False), (True, True)])
+def test_cuda_glue_with_stand_in_gsplat(monkeypatch, radii_2d, planar_depth):
     monkeypatch.setitem(sys.modules, "gsplat", fake_gsplat(radii_2d))
     s = scene(40, 0)
     cam = front_camera(40, 32)
-    p_ref, o_ref = run(s, cam, "reference", bg=torch.tensor([0.2, 0.4, 0.6]), inference=True)
-    p_cu, o_cu = run(s, cam, "cuda", bg=torch.tensor([0.2, 0.4, 0.6]), inference=True)
+    p_ref, o_ref = run(s, cam, "reference", bg=torch.tensor([0.2, 0.4, 0.6]), inference=True, planar_depth=planar_depth)
+    p_cu, o_cu = run(s, cam, "cuda", bg=torch.tensor([0.2, 0.4, 0.6]), inference=True, planar_depth=planar_depth)
     for k in ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "roughness_map", "metallic_map"):
         assert torch.allclose(o_cu[k], o_ref[k], atol=1e-6), k
     (o_ref["render"].sum() + o_ref["depth_map"].sum()).backward()
@@ -98,15 +98,16 @@ def test_cuda_glue_with_stand_in_gsplat(monkeypatch, radii_2d):
 
 
 @pytest.mark.cuda
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("planar_depth", [False, True])
+def test_cuda_matches_cpu(planar_depth):
     """gsplat on the GPU vs the C++ CPU backend: images to 1e-4, gradients close."""
     pytest.importorskip("gsplat")
     load_extension()
     s = scene(3000, 1)
     cam = front_camera(128, 96)
-    p_cpu, o_cpu = run(s, cam, "cpu", bg=torch.tensor([1.0, 1.0, 1.0]))
+    p_cpu, o_cpu = run(s, cam, "cpu", bg=torch.tensor([1.0, 1.0, 1.0]), planar_depth=planar_depth)
     p_cu, o_cu = run({k: v.cuda() for k, v in s.items()}, front_camera(128, 96, "cuda"), "cuda",
-                     bg=torch.tensor([1.0, 1.0, 1.0], device="cuda"))
+                     bg=torch.tensor([1.0, 1.0, 1.0], device="cuda"), planar_depth=planar_depth)
     for k in ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "roughness_map", "metallic_map"):
         a, b = o_cpu[k], o_cu[k].cpu()
         frac_bad = ((a - b).abs() > 1e-4).float().mean().item()

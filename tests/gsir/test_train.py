@@ -100,16 +100,17 @@ def test_bad_checkpoint(tmp_path):
 @pytest.mark.parametrize("depth_normal,lumenkit_normals", [(0.0, False), (0.05, False), (0.05, True)])
 def test_short_training_psnr_rises(tiny_scene, tmp_path, depth_normal, lumenkit_normals):
     """Also with lumenkit's depth-normal term, which switches on halfway (iteration 50 of 100), and
-    with its unfiltered depth normal and back-face culled normal map."""
+    with its unfiltered depth normal, back-face culled normal map and planar depth."""
     scene = D.read_scene(tiny_scene)
-    cfg = _cfg(iterations=100, num_points=800, test_iterations=[1, 100], depth_median=not lumenkit_normals, cull_backfacing_normals=lumenkit_normals)
+    cfg = _cfg(iterations=100, num_points=800, test_iterations=[1, 100], depth_median=not lumenkit_normals, cull_backfacing_normals=lumenkit_normals,
+               planar_depth=lumenkit_normals)
     cfg.losses = Stage1LossWeights(**{**cfg.losses.__dict__, "lambda_depth_normal": depth_normal})
     assert cfg.scaled().depth_normal_from_iter == 50
     res = training(scene, tmp_path, cfg, torch.device("cpu"), progress=False)
     first, last = res["test"][1]["psnr"], res["test"][100]["psnr"]
     assert last > first + 4.0, (first, last)
     assert res["train_psnr"] > res["first_train_psnr"] + 4.0
-    assert res["gaussians"].cull_backfacing_normals is lumenkit_normals
+    assert res["gaussians"].cull_backfacing_normals is res["gaussians"].planar_depth is lumenkit_normals
 
 
 def _run(argv):
@@ -162,5 +163,7 @@ def test_cli_loss_flag_defaults_match_the_config():
     assert config_from_args(args).depth_normal_from_iter == Stage1Config().depth_normal_from_iter
     assert config_from_args(args).depth_median is Stage1Config().depth_median is True
     assert config_from_args(args).cull_backfacing_normals is Stage1Config().cull_backfacing_normals is False
-    lumenkit = config_from_args(build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s", "--no_depth_median", "--cull_backfacing_normals"]))
-    assert lumenkit.depth_median is False and lumenkit.cull_backfacing_normals is True
+    assert config_from_args(args).planar_depth is Stage1Config().planar_depth is False
+    lumenkit = config_from_args(build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s", "--no_depth_median", "--cull_backfacing_normals",
+                                                           "--planar_depth"]))
+    assert lumenkit.depth_median is False and lumenkit.cull_backfacing_normals is True and lumenkit.planar_depth is True
