@@ -183,6 +183,8 @@ def training(
     if start_checkpoint:
         state = load_checkpoint(start_checkpoint, device)
         gaussians.load_state_dict(state["gaussians"], run.optim)
+        # the flags of this run win over the checkpoint's (the same ones on an exact resume)
+        gaussians.cull_backfacing_normals, gaussians.planar_depth = run.cull_backfacing_normals, run.planar_depth
         first_iter = int(state["iteration"])
         if first_iter >= run.iterations:
             raise LumenkitError(f"--start_checkpoint {start_checkpoint} is at iteration {first_iter} >= --iterations {run.iterations}: nothing to do")
