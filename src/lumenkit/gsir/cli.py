@@ -136,7 +136,9 @@ def config_from_args(args) -> "object":
     return Stage1Config(
         iterations=args.iterations, sh_degree=args.sh_degree, densify_from_iter=args.densify_from_iter, densify_until_iter=args.densify_until_iter,
         densification_interval=args.densification_interval, opacity_reset_interval=args.opacity_reset_interval,
-        densify_grad_threshold=args.densify_grad_threshold, num_points=args.num_points, depth_median=not args.no_depth_median, cull_backfacing_normals=args.cull_backfacing_normals, planar_depth=args.planar_depth, depth_normal_from_iter=args.depth_normal_from_iter, init_bound=args.init_bound,
+        densify_grad_threshold=args.densify_grad_threshold, num_points=args.num_points, init_bound=args.init_bound,
+        depth_median=not args.no_depth_median, cull_backfacing_normals=args.cull_backfacing_normals, planar_depth=args.planar_depth,
+        depth_normal_from_iter=args.depth_normal_from_iter,
         white_background=args.white_background, random_background=args.random_background, resolution=args.resolution,
         losses=Stage1LossWeights(lambda_dssim=args.lambda_dssim, lambda_normal=args.lambda_normal, lambda_normal_tv=args.normal_tv,
                                  lambda_depth_normal=args.lambda_depth_normal, lambda_flatten=args.lambda_flatten),
