@@ -62,6 +62,7 @@ LUMENKIT_FLAGS = {  # benchmark flag -> (Stage1Config field, value when the flag
     "no_depth_median": ("depth_median", False, "unfiltered depth normal"),
     "cull_backfacing_normals": ("cull_backfacing_normals", True, "back-face culled normals"),
     "planar_depth": ("planar_depth", True, "planar depth"),
+    "crease_aware_depth_normal": ("crease_aware_depth_normal", True, "crease-aware depth normal"),
 }
 
 
@@ -205,6 +206,8 @@ def main() -> None:
                 "silhouettes and creases)"),
                (args.planar_depth, "each Gaussian adds the depth of its own plane at the pixel to the depth map, not its centre "
                 "depth (rasterize(planar_depth=True), as RaDe-GS / PGSR; GS-IR blends centre depths)"),
+               (args.crease_aware_depth_normal, "the depth normal differentiates, per axis, towards the side with the smaller "
+                "second difference of depth (GS-IR: the smaller depth step), so that at a crease it stays on the pixel's own face"),
            ) if on))
            + ". " if "gsir_geo" in tags else "")
         + 

@@ -36,6 +36,7 @@ ROWS = [
     ("+ unfiltered depth normal", {"no_depth_median": True}),
     ("+ back-face culled normals", {"cull_backfacing_normals": True}),
     ("+ planar depth", {"planar_depth": True}),
+    ("+ crease-aware depth normal", {"crease_aware_depth_normal": True}),
 ]
 
 

@@ -129,3 +129,37 @@ def test_depth_shape_checked():
     cam = make_camera((0.0, -4.0, 0.0), size=(40, 32))
     with pytest.raises(ValueError):
         depth_to_normal(torch.ones(31, 40), cam)
+
+
+def roof_depth(cam: Camera):
+    """z-depth of a convex crease: two planes x + z = 0 and -x + z = 0 meeting along the world y axis,
+    seen from +z; returns depth [H, W] and the exact world normals [3, H, W] of the face each ray hits."""
+    rays_c = camera_rays(cam)
+    R, o = cam.viewmat[:3, :3], cam.camera_center
+    d = rays_c @ R  # world directions with camera z = 1
+    normals = [torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64) / math.sqrt(2), torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64) / math.sqrt(2)]
+    ts = torch.stack([-(o @ n) / (d @ n) for n in normals])  # ray parameter = camera z of each plane hit
+    depth, face = ts.min(0)  # the roof z = -|x| is the lower envelope, seen from above: the nearer hit
+    n = torch.stack(normals)[face].permute(2, 0, 1)
+    return depth, n
+
+
+def test_curvature_side_rule_keeps_crease_pixels_on_their_face():
+    """At a crease the depth is continuous, so GS-IR's smaller-step rule differentiates across it and
+    tilts the normals of the pixels next to it; the curvature rule (lumenkit option) picks the side
+    that continues linearly and is exact everywhere but on pixels where no side is a single face."""
+    cam = make_camera((0.3, -0.4, 3.0), size=(48, 40))
+    depth, n_true = roof_depth(cam)
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    cos_err = lambda n: (n * n_true).sum(0)[inner[1:]]  # noqa: E731
+    gsir = depth_to_normal(depth, cam, side_rule="depth")
+    curv = depth_to_normal(depth, cam, side_rule="curvature")
+    wrong_gsir = cos_err(gsir) < math.cos(math.radians(1.0))
+    wrong_curv = cos_err(curv) < math.cos(math.radians(1.0))
+    assert wrong_gsir.sum() >= 20  # a column of tilted normals along the crease
+    assert wrong_curv.sum() < wrong_gsir.sum() / 4
+    # away from the crease both rules are exact
+    far = (n_true[inner][0].abs() > 0) & ~torch.nn.functional.max_pool2d(wrong_gsir[None, None].double(), 5, 1, 2)[0, 0].bool()
+    assert torch.allclose(curv[inner][:, far], n_true[inner][:, far], atol=1e-6)
+    with pytest.raises(ValueError, match="side_rule"):
+        depth_to_normal(depth, cam, side_rule="median")

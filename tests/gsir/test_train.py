@@ -164,6 +164,8 @@ def test_cli_loss_flag_defaults_match_the_config():
     assert config_from_args(args).depth_median is Stage1Config().depth_median is True
     assert config_from_args(args).cull_backfacing_normals is Stage1Config().cull_backfacing_normals is False
     assert config_from_args(args).planar_depth is Stage1Config().planar_depth is False
+    assert config_from_args(args).crease_aware_depth_normal is Stage1Config().crease_aware_depth_normal is False
     lumenkit = config_from_args(build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s", "--no_depth_median", "--cull_backfacing_normals",
-                                                           "--planar_depth"]))
+                                                           "--planar_depth", "--crease_aware_depth_normal"]))
     assert lumenkit.depth_median is False and lumenkit.cull_backfacing_normals is True and lumenkit.planar_depth is True
+    assert lumenkit.crease_aware_depth_normal is True

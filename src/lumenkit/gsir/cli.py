@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     t.add_argument("--lambda_flatten", type=float, default=0.0, help="lumenkit addition: mean smallest Gaussian scale (0 = GS-IR)")
     t.add_argument("--no_depth_median", action="store_true",
                    help="lumenkit addition: normal from the unfiltered rendered depth (GS-IR median-filters it 3x3, which rounds creases)")
+    t.add_argument("--crease_aware_depth_normal", action="store_true",
+                   help="lumenkit addition: the depth normal differentiates towards the side with the smaller second difference, "
+                        "which stays on one face at creases (GS-IR: the side with the smaller depth step)")
     t.add_argument("--cull_backfacing_normals", action="store_true",
                    help="lumenkit addition: Gaussians whose normal faces away from the camera leave the normal map (GS-IR blends all)")
     t.add_argument("--planar_depth", action="store_true",
@@ -137,7 +140,7 @@ def config_from_args(args) -> "object":
         iterations=args.iterations, sh_degree=args.sh_degree, densify_from_iter=args.densify_from_iter, densify_until_iter=args.densify_until_iter,
         densification_interval=args.densification_interval, opacity_reset_interval=args.opacity_reset_interval,
         densify_grad_threshold=args.densify_grad_threshold, num_points=args.num_points, init_bound=args.init_bound,
-        depth_median=not args.no_depth_median, cull_backfacing_normals=args.cull_backfacing_normals, planar_depth=args.planar_depth,
+        depth_median=not args.no_depth_median, crease_aware_depth_normal=args.crease_aware_depth_normal, cull_backfacing_normals=args.cull_backfacing_normals, planar_depth=args.planar_depth,
         depth_normal_from_iter=args.depth_normal_from_iter,
         white_background=args.white_background, random_background=args.random_background, resolution=args.resolution,
         losses=Stage1LossWeights(lambda_dssim=args.lambda_dssim, lambda_normal=args.lambda_normal, lambda_normal_tv=args.normal_tv,

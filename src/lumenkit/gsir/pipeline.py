@@ -18,7 +18,7 @@ from lumenkit.gsir.gaussians import GaussianModel
 
 def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str = "auto", argmax_depth: bool = False, inference: bool = False,
            with_depth_normal: bool = True, depth_median: bool = True, skip_border_normal_grad: bool = True,
-           depth_normal_grad: bool = False) -> dict:
+           depth_normal_grad: bool = False, depth_normal_side_rule: str = "depth") -> dict:
     """Rasterize every Gaussian attribute for one camera; add the normal from depth and its masks.
 
     As GS-IR: the normal from depth is computed on the 3x3 median-filtered depth (``depth_median``,
@@ -27,7 +27,8 @@ def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str =
     edge normal", where the depth normal does not exist either).
 
     depth_normal_grad (lumenkit addition, not GS-IR): also return ``normal_map_from_depth_grad``, the
-    same depth normal with its graph to the rendered depth kept, for a loss that moves the geometry."""
+    same depth normal with its graph to the rendered depth kept, for a loss that moves the geometry.
+    depth_normal_side_rule: geometry.depth_to_normal's side_rule ("depth" = GS-IR, "curvature")."""
     from lumenkit.gsir.rasterize import rasterize
 
     out = rasterize(
@@ -54,7 +55,8 @@ def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str =
     pkg["normal_map_raw"] = out["normal_map"]
     pkg["normal_map"] = F.normalize(out["normal_map"], dim=0, eps=1e-8)
     if with_depth_normal:
-        pkg.update(normal_from_depth(out["depth_map"], camera, median=depth_median, grad=depth_normal_grad))
+        pkg.update(normal_from_depth(out["depth_map"], camera, median=depth_median, grad=depth_normal_grad,
+                                     side_rule=depth_normal_side_rule))
     return pkg
 
 
@@ -77,7 +79,7 @@ def median_blur3(x: torch.Tensor) -> torch.Tensor:
     return patches.median(dim=1).values.reshape(shape)
 
 
-def normal_from_depth(depth_map: torch.Tensor, camera, median: bool = True, grad: bool = False) -> dict:
+def normal_from_depth(depth_map: torch.Tensor, camera, median: bool = True, grad: bool = False, side_rule: str = "depth") -> dict:
     """GS-IR: normal_map_from_depth [3, H, W] (detached, as GS-IR's CUDA op has no backward: the
     normals learn from depth, not the reverse), normal_from_depth_mask [H, W], mask_from_depth [1, H, W].
     median: compute it from the 3x3 median-filtered depth, as GS-IR's rasterizer does.
@@ -85,7 +87,7 @@ def normal_from_depth(depth_map: torch.Tensor, camera, median: bool = True, grad
     from lumenkit.gsir.geometry import normals_from_depth
 
     d = depth_map if grad else depth_map.detach()
-    res = normals_from_depth(median_blur3(d) if median else d, camera)
+    res = normals_from_depth(median_blur3(d) if median else d, camera, side_rule=side_rule)
     out = {k: v.detach() for k, v in res.items()}
     if grad:
         out["normal_map_from_depth_grad"] = res["normal_map_from_depth"]

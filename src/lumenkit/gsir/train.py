@@ -63,6 +63,9 @@ class Stage1Config:
     # the lumenkit depth-normal term (losses.lambda_depth_normal) starts here: after densification, whose
     # view-space gradient statistic it would otherwise inflate (measured: 3x the Gaussians, -10 dB)
     depth_normal_from_iter: int = 15_000
+    # lumenkit addition (False = GS-IR): the depth normal takes, per axis, the side with the smaller second
+    # difference (geometry.depth_to_normal side_rule="curvature"), which keeps it on one face at creases
+    crease_aware_depth_normal: bool = False
     # lumenkit addition (False = GS-IR): normals facing away from the camera leave the normal blend
     cull_backfacing_normals: bool = False
     # lumenkit addition (False = GS-IR): each Gaussian blends the depth of its own plane, not its centre's
@@ -215,7 +218,8 @@ def training(
         need_dn = run.losses.lambda_normal > 0
         dn_on = need_dn and run.losses.lambda_depth_normal > 0 and it >= run.depth_normal_from_iter
         pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn,
-                     depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad, depth_normal_grad=dn_on)
+                     depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad, depth_normal_grad=dn_on,
+                     depth_normal_side_rule="curvature" if run.crease_aware_depth_normal else "depth")
         weights = run.losses if dn_on else weights_without_depth_normal
         loss, terms = stage1_loss(pkg, gt, weights, gaussians.scales if run.losses.lambda_flatten > 0 else None)
         loss.backward()
