@@ -66,29 +66,36 @@ LUMENKIT_FLAGS = {  # benchmark flag -> (Stage1Config field, value when the flag
 }
 
 
-def method_label(tag: str, flags: dict[str, bool]) -> str:
+DEFAULT_DENSIFY_GRAD = Stage1Config().densify_grad_threshold
+
+
+def method_label(tag: str, flags: dict[str, bool], geo_densify_grad: float = DEFAULT_DENSIFY_GRAD) -> str:
     """The gsir_geo row's name says which lumenkit additions it trains with."""
     extras = [LUMENKIT_FLAGS[f][2] for f, on in flags.items() if on]
+    if geo_densify_grad != DEFAULT_DENSIFY_GRAD:
+        extras.append(f"densify threshold {geo_densify_grad:g}")
     if tag != "gsir_geo" or not extras:
         return METHODS[tag]
     return "GS-IR stage 1 + " + ", ".join(["depth-normal geometry term"] + extras) + " (lumenkit)"
 
 
 def run_method(tag: str, scene, iterations: int, num_points: int, out: Path, max_seconds: float | None, normal_tv: float,
-               depth_normal: float = 0.05, flags: dict[str, bool] | None = None) -> dict:
-    """Train one method and evaluate it; returns the metrics row as a dict. flags (LUMENKIT_FLAGS)
-    apply to the gsir_geo method only."""
+               depth_normal: float = 0.05, flags: dict[str, bool] | None = None, geo_densify_grad: float = DEFAULT_DENSIFY_GRAD) -> dict:
+    """Train one method and evaluate it; returns the metrics row as a dict. flags (LUMENKIT_FLAGS) and
+    geo_densify_grad (3DGS densify_grad_threshold) apply to the gsir_geo method only."""
     flags = flags or {}
     if tag == "3dgs":
         w = Stage1LossWeights(lambda_normal=0.0, lambda_normal_tv=0.0, lambda_depth_normal=0.0)
     else:
         w = Stage1LossWeights(lambda_normal_tv=normal_tv, lambda_depth_normal=depth_normal if tag == "gsir_geo" else 0.0)
     extra = {LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f, on in flags.items() if on and tag == "gsir_geo"}
+    if tag == "gsir_geo":
+        extra["densify_grad_threshold"] = geo_densify_grad
     cfg = Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0, **extra)
     res = training(scene, out / f"model_{tag}", cfg, torch.device("cpu"), progress=True, log_every=5, max_seconds=max_seconds)
     m = evaluate_model(res["gaussians"], scene, torch.device("cpu"))
     m.update(its_per_s=res["its_per_s"], minutes=res["seconds"] / 60, num_gaussians=res["num_gaussians"], iterations=res["iterations"])
-    print(f"[bench gsir] {method_label(tag, flags)}: {m}", flush=True)
+    print(f"[bench gsir] {method_label(tag, flags, geo_densify_grad)}: {m}", flush=True)
     return m
 
 
@@ -108,6 +115,8 @@ def main() -> None:
     ap.add_argument("--depth_normal", type=float, default=0.05, help="lambda_depth_normal of the gsir_geo method")
     for flag, (field, _, words) in LUMENKIT_FLAGS.items():
         ap.add_argument(f"--{flag}", action="store_true", help=f"the gsir_geo method trains with {words} (Stage1Config.{field})")
+    ap.add_argument("--geo_densify_grad_threshold", type=float, default=DEFAULT_DENSIFY_GRAD,
+                    help="densify_grad_threshold of the gsir_geo method (3DGS: 0.0002; lower = more Gaussians, slower)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--load_note", default="", help="what else was running on the machine (printed in the section text)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -124,7 +133,8 @@ def main() -> None:
         iterations, num_points = args.iterations, args.num_points
     if args.worker:  # child process: one method, one thread (the two methods share the 2 cores)
         torch.set_num_threads(1)
-        m = run_method(args.worker, read_scene(data), iterations, num_points, out, args.max_minutes * 60, args.normal_tv, args.depth_normal, flags)
+        m = run_method(args.worker, read_scene(data), iterations, num_points, out, args.max_minutes * 60, args.normal_tv, args.depth_normal, flags,
+                       args.geo_densify_grad_threshold)
         (out / f"result_{args.worker}.json").write_text(json.dumps(m))
         return
     t0 = time.perf_counter()
@@ -144,7 +154,8 @@ def main() -> None:
     for tag in tags:
         cmd = [sys.executable, __file__, "--worker", tag, "--iterations", str(args.iterations), "--num_points", str(args.num_points),
                "--max_minutes", str(args.max_minutes), "--data", str(args.data), "--out", str(args.out),
-               "--normal_tv", str(args.normal_tv), "--depth_normal", str(args.depth_normal)] + (["--quick"] if args.quick else [])
+               "--normal_tv", str(args.normal_tv), "--depth_normal", str(args.depth_normal),
+               "--geo_densify_grad_threshold", str(args.geo_densify_grad_threshold)] + (["--quick"] if args.quick else [])
         cmd += [f"--{f}" for f, on in flags.items() if on]
         procs[tag] = subprocess.Popen(cmd, stdout=open(out / f"log_{tag}.txt", "w"), stderr=subprocess.STDOUT)
     raster = "\n(Rasterizer speed: see the gsir-raster section; not re-measured during this run.)\n"
@@ -165,7 +176,7 @@ def main() -> None:
         if p.wait() != 0:
             raise SystemExit(f"benchmark worker {tag} failed: see {out / f'log_{tag}.txt'}")
         m = json.loads((out / f"result_{tag}.json").read_text())
-        label = method_label(tag, flags)
+        label = method_label(tag, flags, args.geo_densify_grad_threshold)
         rows.append([label, m["psnr"], m["ssim"], m["mae_normal_fg"], m["mae_normal_gsir"], m["mae_depthnormal_fg"], m["mae_depthnormal_gsir"],
                      m["iterations"], m["its_per_s"], m["minutes"], m["num_gaussians"]])
         diag_rows.append([label] + [f"{m[f'mae_{k}']:.1f} ({100 * m[f'frac_{k}']:.0f}%)" for k in ("flat", "crease", "silhouette")])
@@ -206,6 +217,8 @@ def main() -> None:
                 "silhouettes and creases)"),
                (args.planar_depth, "each Gaussian adds the depth of its own plane at the pixel to the depth map, not its centre "
                 "depth (rasterize(planar_depth=True), as RaDe-GS / PGSR; GS-IR blends centre depths)"),
+               (args.geo_densify_grad_threshold != DEFAULT_DENSIFY_GRAD, f"it densifies at a view-space gradient threshold of "
+                f"{args.geo_densify_grad_threshold:g} (3DGS: {DEFAULT_DENSIFY_GRAD:g}), which buys more Gaussians with its time budget"),
                (args.crease_aware_depth_normal, "the depth normal differentiates, per axis, towards the side with the smaller "
                 "second difference of depth (GS-IR: the smaller depth step), so that at a crease it stays on the pixel's own face"),
            ) if on))
