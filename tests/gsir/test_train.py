@@ -100,10 +100,10 @@ def test_bad_checkpoint(tmp_path):
 @pytest.mark.parametrize("depth_normal,lumenkit_normals", [(0.0, False), (0.05, False), (0.05, True)])
 def test_short_training_psnr_rises(tiny_scene, tmp_path, depth_normal, lumenkit_normals):
     """Also with lumenkit's depth-normal term, which switches on halfway (iteration 50 of 100), and
-    with its unfiltered depth normal, back-face culled normal map and planar depth."""
+    with its unfiltered, crease-aware depth normal, back-face culled normal map and planar depth."""
     scene = D.read_scene(tiny_scene)
     cfg = _cfg(iterations=100, num_points=800, test_iterations=[1, 100], depth_median=not lumenkit_normals, cull_backfacing_normals=lumenkit_normals,
-               planar_depth=lumenkit_normals)
+               planar_depth=lumenkit_normals, crease_aware_depth_normal=lumenkit_normals)
     cfg.losses = Stage1LossWeights(**{**cfg.losses.__dict__, "lambda_depth_normal": depth_normal})
     assert cfg.scaled().depth_normal_from_iter == 50
     res = training(scene, tmp_path, cfg, torch.device("cpu"), progress=False)
