@@ -37,6 +37,7 @@ ROWS = [
     ("+ back-face culled normals", {"cull_backfacing_normals": True}),
     ("+ planar depth", {"planar_depth": True}),
     ("+ crease-aware depth normal", {"crease_aware_depth_normal": True}),
+    ("+ densify threshold 0.0001 (3DGS 0.0002)", {"densify_grad_threshold": 0.0001}),
 ]
 
 
@@ -45,7 +46,8 @@ def row_config(index: int, iterations: int, num_points: int, normal_tv: float) -
     for _, extra in ROWS[: index + 1]:
         opts.update(extra)
     w = Stage1LossWeights(lambda_normal_tv=normal_tv, lambda_depth_normal=opts.pop("lambda_depth_normal", 0.0))
-    fields = {LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f in opts}
+    fields = {"densify_grad_threshold": opts.pop("densify_grad_threshold")} if "densify_grad_threshold" in opts else {}
+    fields.update({LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f in opts})
     return Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0, **fields)
 
 
