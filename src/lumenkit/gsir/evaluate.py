@@ -152,3 +152,44 @@ def write_results(model_path: Path, name: str, results: dict) -> Path:
     path = Path(model_path) / f"results_{name}.json"
     atomic_write_json(path, results)
     return path
+
+
+def surface_distance_local(shape: str, p: np.ndarray) -> np.ndarray:
+    """Distance-like residual [...] of local points p [..., 3] to a Mitsuba primitive in its own frame
+    (sphere: unit at the origin; cube: [-1, 1]^3; cylinder: radius 1, z in [0, 1], open; disk / rectangle:
+    radius 1 / [-1, 1]^2 at z = 0). Local units (the parts' to_world may scale)."""
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    if shape == "sphere":
+        return np.abs(np.linalg.norm(p, axis=-1) - 1)
+    if shape == "cube":
+        return np.abs(np.abs(p).max(-1) - 1)
+    r = np.hypot(x, y)
+    if shape == "cylinder":
+        return np.abs(r - 1) + np.clip(-z, 0, None) + np.clip(z - 1, 0, None)
+    if shape == "disk":
+        return np.abs(z) + np.clip(r - 1, 0, None)
+    if shape == "rectangle":
+        return np.abs(z) + np.clip(np.abs(x) - 1, 0, None) + np.clip(np.abs(y) - 1, 0, None)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def part_labels(parts, points: np.ndarray, normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Which primitive each GT surface point belongs to: [H, W] int, -1 outside mask, else 2 i for
+    part i, or 2 i + 1 for the inner side of an open cylinder (the GT normal [H, W, 3], which faces the
+    camera, points towards its axis). parts: lumenkit.gsir.data.Part list; points [H, W, 3] world."""
+    d = []
+    for part in parts:
+        inv = np.linalg.inv(part.to_world)
+        local = points @ inv[:3, :3].T + inv[:3, 3]
+        d.append(surface_distance_local(part.shape, local))
+    idx = np.argmin(np.stack(d), axis=0)
+    labels = 2 * idx
+    for i, part in enumerate(parts):
+        if part.shape != "cylinder":
+            continue
+        axis = part.to_world[:3, 2] / np.linalg.norm(part.to_world[:3, 2])
+        rel = points - part.to_world[:3, 3]
+        radial = rel - (rel @ axis)[..., None] * axis
+        inner = (idx == i) & ((normals * radial).sum(-1) < 0)
+        labels[inner] = 2 * i + 1
+    return np.where(mask.astype(bool), labels, -1)
