@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lumenkit.gsir.rasterize import quat_to_rotmat
+
 C0 = 0.28209479177387814  # SH band-0 constant
 PARAM_NAMES = ("xyz", "f_dc", "f_rest", "scaling", "rotation", "opacity", "normal", "albedo", "roughness", "metallic")
 
@@ -38,19 +40,6 @@ def expon_lr(step: int, lr_init: float, lr_final: float, lr_delay_steps: int = 0
         delay = 1.0
     t = min(max(step / max(max_steps, 1), 0.0), 1.0)
     return delay * math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
-
-
-def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """[N, 4] wxyz (normalised) -> [N, 3, 3]."""
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        -1,
-    ).reshape(-1, 3, 3)
 
 
 @dataclass
