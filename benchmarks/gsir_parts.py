@@ -68,17 +68,16 @@ def main() -> None:
         names[2 * i] = f"{i}: {name} ({p.shape}" + (", outer side)" if p.shape == "cylinder" else ")")
         names[2 * i + 1] = f"{i}: {name} ({p.shape}, inner side)"
     views = scene.test[:: args.every]
-    labels = []
-    for v in views:
-        labels.append(part_labels(parts, gt_points(v), load_gt(v, "normal"), load_gt(v, "mask")))
+    gt_normals = [load_gt(v, "normal") for v in views]  # read once, used by every method
+    labels = [part_labels(parts, gt_points(v), n, load_gt(v, "mask")) for v, n in zip(views, gt_normals)]
     tags = [t for t in METHODS if (Path(args.runs) / f"result_{t}.json").is_file()]
     sums = {t: {} for t in tags}
     for tag in tags:
         ckpt = latest_checkpoint(Path(args.runs) / f"model_{tag}")
         g, it, _ = load_model(ckpt, "cpu")
-        for v, lab in zip(views, labels):
+        for v, lab, gt_n in zip(views, labels, gt_normals):
             pkg = render(g, v.camera("cpu"), torch.zeros(3), inference=True, with_depth_normal=False)
-            err = angular_error_deg(pkg["normal_map"].permute(1, 2, 0).numpy(), load_gt(v, "normal"))
+            err = angular_error_deg(pkg["normal_map"].permute(1, 2, 0).numpy(), gt_n)
             for k in np.unique(lab[lab >= 0]):
                 acc = sums[tag].setdefault(int(k), [0.0, 0])
                 acc[0] += float(err[lab == k].sum())
