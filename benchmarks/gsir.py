@@ -2,13 +2,15 @@
 
     .venv/bin/python benchmarks/gsir.py [--iterations N] [--num_points N] [--quick]
 
-Both runs share everything (data, init, schedule, densification, seed) except the loss: GS-IR
-stage 1 adds normal consistency (1.0) and edge-aware normal TV (5.0); plain 3DGS has only
-0.8 L1 + 0.2 D-SSIM. Reported on all test views: novel-view PSNR / SSIM, normal MAE in degrees of the
-rendered normal map and of the normal from the rendered depth (foreground = GT mask; and GS-IR's
-all-pixel protocol with background (0, 0, 1)), training iterations / s, #Gaussians. Plus the
-rasterizer speed table from benchmarks/gsir_raster.py. --quick: tiny scene, few iterations, no
-BENCHMARKS.md.
+The defaults are the gsir section of BENCHMARKS.md (three 6000-iteration trainings side by side,
+30-minute budget each). Three methods share data, init, schedule and seed: plain 3DGS (0.8 L1 +
+0.2 D-SSIM only), GS-IR stage 1 (+ normal consistency 1.0 and edge-aware normal TV, --normal_tv),
+and GS-IR stage 1 with lumenkit's geometry options (the --geo_* weights and the boolean options,
+each on by default, --no-<option> to drop one). Reported on all test views: novel-view PSNR / SSIM,
+normal MAE in degrees of the rendered normal map and of the normal from the rendered depth
+(foreground = GT mask; and GS-IR's all-pixel protocol with background (0, 0, 1)), training
+iterations / s, #Gaussians. --raster_table adds rasterizer timings taken during the trainings
+(benchmarks/gsir_raster.py times it alone). --quick: tiny scene, few iterations, no BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -58,8 +60,8 @@ def evaluate_model(gaussians, scene, device) -> dict:
 METHODS = {"gsir": "GS-IR stage 1", "gsir_geo": "GS-IR stage 1 + depth-normal geometry term (lumenkit)", "3dgs": "3DGS (no normal losses)"}
 
 
-LUMENKIT_FLAGS = {  # benchmark flag -> (Stage1Config field, value when the flag is given, words for the row name)
-    "no_depth_median": ("depth_median", False, "unfiltered depth normal"),
+LUMENKIT_FLAGS = {  # benchmark flag (on by default, --no-<flag> turns it off) -> (Stage1Config field, value when on, words for the row name)
+    "unfiltered_depth_normal": ("depth_median", False, "unfiltered depth normal"),
     "cull_backfacing_normals": ("cull_backfacing_normals", True, "back-face culled normals"),
     "planar_depth": ("planar_depth", True, "planar depth"),
     "crease_aware_depth_normal": ("crease_aware_depth_normal", True, "crease-aware depth normal"),
@@ -67,35 +69,48 @@ LUMENKIT_FLAGS = {  # benchmark flag -> (Stage1Config field, value when the flag
 
 
 DEFAULT_DENSIFY_GRAD = Stage1Config().densify_grad_threshold
+DEFAULT_DN_FROM = Stage1Config().depth_normal_from_iter
 
 
-def method_label(tag: str, flags: dict[str, bool], geo_densify_grad: float = DEFAULT_DENSIFY_GRAD) -> str:
-    """The gsir_geo row's name says which lumenkit additions it trains with."""
+def method_label(tag: str, flags: dict[str, bool], geo_densify_grad: float = DEFAULT_DENSIFY_GRAD, geo_normal_tv: float | None = None,
+                 geo_lambda_normal: float = 1.0) -> str:
+    """The gsir_geo row's name says which lumenkit additions and weights it trains with."""
     extras = [LUMENKIT_FLAGS[f][2] for f, on in flags.items() if on]
     if geo_densify_grad != DEFAULT_DENSIFY_GRAD:
         extras.append(f"densify threshold {geo_densify_grad:g}")
+    if geo_lambda_normal != Stage1LossWeights().lambda_normal:
+        extras.append(f"normal consistency {geo_lambda_normal:g}")
+    if geo_normal_tv is not None:
+        extras.append(f"normal TV {geo_normal_tv:g}")
     if tag != "gsir_geo" or not extras:
         return METHODS[tag]
     return "GS-IR stage 1 + " + ", ".join(["depth-normal geometry term"] + extras) + " (lumenkit)"
 
 
 def run_method(tag: str, scene, iterations: int, num_points: int, out: Path, max_seconds: float | None, normal_tv: float,
-               depth_normal: float = 0.05, flags: dict[str, bool] | None = None, geo_densify_grad: float = DEFAULT_DENSIFY_GRAD) -> dict:
-    """Train one method and evaluate it; returns the metrics row as a dict. flags (LUMENKIT_FLAGS) and
-    geo_densify_grad (3DGS densify_grad_threshold) apply to the gsir_geo method only."""
+               depth_normal: float = 0.05, flags: dict[str, bool] | None = None, geo_densify_grad: float = DEFAULT_DENSIFY_GRAD,
+               geo_normal_tv: float | None = None, geo_lambda_normal: float = 1.0, geo_depth_normal_from: int = DEFAULT_DN_FROM) -> dict:
+    """Train one method and evaluate it; returns the metrics row as a dict. flags (LUMENKIT_FLAGS),
+    geo_densify_grad (3DGS densify_grad_threshold), geo_normal_tv (None = normal_tv) and
+    geo_lambda_normal (normal consistency weight) and geo_depth_normal_from (the geometry term's first
+    iteration, of 30000, scaled) apply to the gsir_geo method only."""
     flags = flags or {}
     if tag == "3dgs":
         w = Stage1LossWeights(lambda_normal=0.0, lambda_normal_tv=0.0, lambda_depth_normal=0.0)
+    elif tag == "gsir_geo":
+        w = Stage1LossWeights(lambda_normal=geo_lambda_normal, lambda_normal_tv=normal_tv if geo_normal_tv is None else geo_normal_tv,
+                              lambda_depth_normal=depth_normal)
     else:
-        w = Stage1LossWeights(lambda_normal_tv=normal_tv, lambda_depth_normal=depth_normal if tag == "gsir_geo" else 0.0)
+        w = Stage1LossWeights(lambda_normal_tv=normal_tv)
     extra = {LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f, on in flags.items() if on and tag == "gsir_geo"}
     if tag == "gsir_geo":
         extra["densify_grad_threshold"] = geo_densify_grad
+        extra["depth_normal_from_iter"] = geo_depth_normal_from
     cfg = Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0, **extra)
     res = training(scene, out / f"model_{tag}", cfg, torch.device("cpu"), progress=True, log_every=5, max_seconds=max_seconds)
     m = evaluate_model(res["gaussians"], scene, torch.device("cpu"))
     m.update(its_per_s=res["its_per_s"], minutes=res["seconds"] / 60, num_gaussians=res["num_gaussians"], iterations=res["iterations"])
-    print(f"[bench gsir] {method_label(tag, flags, geo_densify_grad)}: {m}", flush=True)
+    print(f"[bench gsir] {method_label(tag, flags, geo_densify_grad, geo_normal_tv, geo_lambda_normal)}: {m}", flush=True)
     return m
 
 
@@ -105,18 +120,25 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--iterations", type=int, default=3000)
-    ap.add_argument("--num_points", type=int, default=20_000)
+    # defaults = the configuration of the gsir section in BENCHMARKS.md, so that `make bench` reproduces it
+    ap.add_argument("--iterations", type=int, default=6000)
+    ap.add_argument("--num_points", type=int, default=10_000)
     ap.add_argument("--max_minutes", type=float, default=30.0, help="training time budget per method (the issue's 30-minute CPU run)")
     ap.add_argument("--data", default=str(ROOT / "outputs" / "gsir_bench" / "blocks128"))
     ap.add_argument("--out", default=str(ROOT / "outputs" / "gsir_bench"))
-    ap.add_argument("--no_raster_table", action="store_true")
-    ap.add_argument("--normal_tv", type=float, default=Stage1LossWeights().lambda_normal_tv, help="GS-IR normal TV weight (paper 5.0)")
+    ap.add_argument("--raster_table", action="store_true", help="also time the rasterizer while the trainings run (see gsir_raster.py for clean timings)")
+    ap.add_argument("--normal_tv", type=float, default=0.3, help="normal TV weight of the GS-IR rows (GS-IR's default 5.0 oversmooths at 128 px)")
     ap.add_argument("--depth_normal", type=float, default=0.05, help="lambda_depth_normal of the gsir_geo method")
     for flag, (field, _, words) in LUMENKIT_FLAGS.items():
-        ap.add_argument(f"--{flag}", action="store_true", help=f"the gsir_geo method trains with {words} (Stage1Config.{field})")
-    ap.add_argument("--geo_densify_grad_threshold", type=float, default=DEFAULT_DENSIFY_GRAD,
+        ap.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"the gsir_geo method trains with {words} (Stage1Config.{field})")
+    ap.add_argument("--geo_densify_grad_threshold", type=float, default=0.0001,
                     help="densify_grad_threshold of the gsir_geo method (3DGS: 0.0002; lower = more Gaussians, slower)")
+    ap.add_argument("--geo_normal_tv", type=float, default=0.1, help="normal TV weight of the gsir_geo method")
+    ap.add_argument("--geo_lambda_normal", type=float, default=3.0,
+                    help="normal consistency weight of the gsir_geo method (GS-IR: 1)")
+    ap.add_argument("--geo_depth_normal_from_iter", type=int, default=10_000,
+                    help="first iteration of the gsir_geo geometry term, of 30000 (scaled like the 3DGS schedule)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--load_note", default="", help="what else was running on the machine (printed in the section text)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -134,7 +156,7 @@ def main() -> None:
     if args.worker:  # child process: one method, one thread (the two methods share the 2 cores)
         torch.set_num_threads(1)
         m = run_method(args.worker, read_scene(data), iterations, num_points, out, args.max_minutes * 60, args.normal_tv, args.depth_normal, flags,
-                       args.geo_densify_grad_threshold)
+                       args.geo_densify_grad_threshold, args.geo_normal_tv, args.geo_lambda_normal, args.geo_depth_normal_from_iter)
         (out / f"result_{args.worker}.json").write_text(json.dumps(m))
         return
     t0 = time.perf_counter()
@@ -155,11 +177,14 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", tag, "--iterations", str(args.iterations), "--num_points", str(args.num_points),
                "--max_minutes", str(args.max_minutes), "--data", str(args.data), "--out", str(args.out),
                "--normal_tv", str(args.normal_tv), "--depth_normal", str(args.depth_normal),
-               "--geo_densify_grad_threshold", str(args.geo_densify_grad_threshold)] + (["--quick"] if args.quick else [])
-        cmd += [f"--{f}" for f, on in flags.items() if on]
+               "--geo_densify_grad_threshold", str(args.geo_densify_grad_threshold), "--geo_lambda_normal", str(args.geo_lambda_normal),
+               "--geo_depth_normal_from_iter", str(args.geo_depth_normal_from_iter)]
+        cmd += ["--geo_normal_tv", str(args.geo_normal_tv)] if args.geo_normal_tv is not None else []
+        cmd += ["--quick"] if args.quick else []
+        cmd += [f"--{f}" if on else f"--no-{f}" for f, on in flags.items()]
         procs[tag] = subprocess.Popen(cmd, stdout=open(out / f"log_{tag}.txt", "w"), stderr=subprocess.STDOUT)
     raster = "\n(Rasterizer speed: see the gsir-raster section; not re-measured during this run.)\n"
-    if not args.no_raster_table:
+    if args.raster_table:
         try:
             from gsir_raster import raster_speed_table
 
@@ -176,7 +201,7 @@ def main() -> None:
         if p.wait() != 0:
             raise SystemExit(f"benchmark worker {tag} failed: see {out / f'log_{tag}.txt'}")
         m = json.loads((out / f"result_{tag}.json").read_text())
-        label = method_label(tag, flags, args.geo_densify_grad_threshold)
+        label = method_label(tag, flags, args.geo_densify_grad_threshold, args.geo_normal_tv, args.geo_lambda_normal)
         rows.append([label, m["psnr"], m["ssim"], m["mae_normal_fg"], m["mae_normal_gsir"], m["mae_depthnormal_fg"], m["mae_depthnormal_gsir"],
                      m["iterations"], m["its_per_s"], m["minutes"], m["num_gaussians"]])
         diag_rows.append([label] + [f"{m[f'mae_{k}']:.1f} ({100 * m[f'frac_{k}']:.0f}%)" for k in ("flat", "crease", "silhouette")])
@@ -187,6 +212,9 @@ def main() -> None:
     )
     diag_table = markdown_table(["method", "flat faces", "creases", "silhouette band"], diag_rows)
     sc = Stage1Config(iterations=iterations).scaled()
+    sc_geo = Stage1Config(iterations=iterations, depth_normal_from_iter=args.geo_depth_normal_from_iter).scaled()
+    geo_options = any(flags.values()) or args.geo_densify_grad_threshold != DEFAULT_DENSIFY_GRAD or args.geo_normal_tv is not None \
+        or args.geo_lambda_normal != Stage1LossWeights().lambda_normal
     w = Stage1LossWeights(lambda_normal_tv=args.normal_tv)
     v0 = scene.test[0]
     body = (
@@ -206,11 +234,12 @@ def main() -> None:
         "as GS-IR's rasterizer. "
         + (f"The lumenkit geometry term adds {args.depth_normal:g} x the same consistency with the roles swapped (normal from the "
            "rendered depth, with its gradient to the Gaussians' positions, scales, rotations and opacities, vs the detached "
-           f"rendered normal map) from iteration {sc.depth_normal_from_iter}, after densification (earlier, its view-space "
-           "gradients would drive densification)"
-           + (". Its other lumenkit options: " if any(flags.values()) else "")
-           + ("; ".join(words for on, words in (
-               (args.no_depth_median, "every depth normal in training comes from the unfiltered rendered depth (GS-IR filters "
+           f"rendered normal map) from iteration {sc_geo.depth_normal_from_iter}"
+           + (", after densification ends (earlier, its view-space gradients would also drive densification)"
+              if sc_geo.depth_normal_from_iter >= sc_geo.densify_until_iter else
+              f", before densification ends at {sc_geo.densify_until_iter} (so its view-space gradients also drive densification)")
+           + (". Its other lumenkit options: " + "; ".join([words for on, words in (
+               (args.unfiltered_depth_normal, "every depth normal in training comes from the unfiltered rendered depth (GS-IR filters "
                 "it 3x3 with a median, which rounds the creases)"),
                (args.cull_backfacing_normals, "its normal map (in training and in every metric) leaves out the Gaussians whose "
                 "normal faces away from the camera (GS-IR blends them all; they show only through partial coverage, at "
@@ -219,9 +248,11 @@ def main() -> None:
                 "depth (rasterize(planar_depth=True), as RaDe-GS / PGSR; GS-IR blends centre depths)"),
                (args.geo_densify_grad_threshold != DEFAULT_DENSIFY_GRAD, f"it densifies at a view-space gradient threshold of "
                 f"{args.geo_densify_grad_threshold:g} (3DGS: {DEFAULT_DENSIFY_GRAD:g}), which buys more Gaussians with its time budget"),
+               (args.geo_lambda_normal != Stage1LossWeights().lambda_normal, f"normal consistency weight {args.geo_lambda_normal:g}"),
+               (args.geo_normal_tv is not None, f"normal TV weight {args.geo_normal_tv:g} (the GS-IR row: {args.normal_tv:g})"),
                (args.crease_aware_depth_normal, "the depth normal differentiates, per axis, towards the side with the smaller "
                 "second difference of depth (GS-IR: the smaller depth step), so that at a crease it stays on the pixel's own face"),
-           ) if on))
+           ) if on]) if geo_options else "")
            + ". " if "gsir_geo" in tags else "")
         + 
         "Metrics on all test views: PSNR/SSIM (Gaussian 11x11) in sRGB, no LPIPS; normal MAE = mean angle to the GT "

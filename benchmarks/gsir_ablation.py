@@ -1,14 +1,17 @@
 """GS-IR stage 1: what each lumenkit normal option adds, one at a time on top of the previous ones.
 
-    .venv/bin/python benchmarks/gsir_ablation.py [--iterations 3000] [--parallel 2]
+    .venv/bin/python benchmarks/gsir_ablation.py [--iterations 3000] [--parallel 2] [--fresh]
 
 Same scene, init, schedule and seed as benchmarks/gsir.py; every row is one training (one torch
 thread, --parallel of them at a time) evaluated on all test views: PSNR / SSIM and the rendered
 normal's MAE in degrees over the GT foreground, with its flat / crease / silhouette breakdown.
+A row whose result file in --out was made with the same training config is not trained again
+(--fresh retrains every row); the table says which rows were reused.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -33,11 +36,14 @@ from lumenkit.gsir.train import Stage1Config, training  # noqa: E402
 ROWS = [
     ("GS-IR stage 1", {}),
     ("+ depth-normal geometry term (0.05)", {"lambda_depth_normal": 0.05}),
-    ("+ unfiltered depth normal", {"no_depth_median": True}),
+    ("+ unfiltered depth normal", {"unfiltered_depth_normal": True}),
     ("+ back-face culled normals", {"cull_backfacing_normals": True}),
     ("+ planar depth", {"planar_depth": True}),
     ("+ crease-aware depth normal", {"crease_aware_depth_normal": True}),
     ("+ densify threshold 0.0001 (3DGS 0.0002)", {"densify_grad_threshold": 0.0001}),
+    ("+ geometry term from iteration 10000 of 30000 (was 15000)", {"depth_normal_from_iter": 10_000}),
+    ("+ normal consistency 3 (GS-IR 1)", {"lambda_normal": 3.0}),
+    ("+ normal TV 0.1", {"lambda_normal_tv": 0.1}),
 ]
 
 
@@ -45,10 +51,21 @@ def row_config(index: int, iterations: int, num_points: int, normal_tv: float) -
     opts: dict = {}
     for _, extra in ROWS[: index + 1]:
         opts.update(extra)
-    w = Stage1LossWeights(lambda_normal_tv=normal_tv, lambda_depth_normal=opts.pop("lambda_depth_normal", 0.0))
-    fields = {"densify_grad_threshold": opts.pop("densify_grad_threshold")} if "densify_grad_threshold" in opts else {}
+    w = Stage1LossWeights(lambda_normal_tv=opts.pop("lambda_normal_tv", normal_tv), lambda_depth_normal=opts.pop("lambda_depth_normal", 0.0),
+                          lambda_normal=opts.pop("lambda_normal", Stage1LossWeights().lambda_normal))
+    fields = {k: opts.pop(k) for k in ("densify_grad_threshold", "depth_normal_from_iter") if k in opts}
     fields.update({LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f in opts})
     return Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0, **fields)
+
+
+def config_key(cfg: Stage1Config) -> str:
+    """The training config as canonical JSON (what decides whether a stored row result can be reused)."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def has_result(out: Path, index: int, cfg: Stage1Config) -> bool:
+    f = out / f"result_{index}.json"
+    return f.is_file() and json.loads(f.read_text()).get("config") == config_key(cfg)
 
 
 def main() -> None:
@@ -59,6 +76,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--data", default=str(ROOT / "outputs" / "gsir_bench" / "blocks128"))
     ap.add_argument("--out", default=str(ROOT / "outputs" / "gsir_bench" / "ablation"))
+    ap.add_argument("--fresh", action="store_true", help="retrain every row (default: reuse results made with the same config)")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     out = Path(args.out)
@@ -70,12 +88,13 @@ def main() -> None:
         cfg = row_config(args.worker, args.iterations, args.num_points, args.normal_tv)
         res = training(scene, out / f"model_{args.worker}", cfg, torch.device("cpu"), progress=False)
         m = evaluate_model(res["gaussians"], scene, torch.device("cpu"))
-        m.update(its_per_s=res["its_per_s"], num_gaussians=res["num_gaussians"])
+        m.update(its_per_s=res["its_per_s"], num_gaussians=res["num_gaussians"], config=config_key(cfg))
         (out / f"result_{args.worker}.json").write_text(json.dumps(m))
         return
     out.mkdir(parents=True, exist_ok=True)
     t0, load_start = time.perf_counter(), os.getloadavg()[0]
-    pending, running = list(range(len(ROWS))), {}
+    reused = [] if args.fresh else [i for i in range(len(ROWS)) if has_result(out, i, row_config(i, args.iterations, args.num_points, args.normal_tv))]
+    pending, running = [i for i in range(len(ROWS)) if i not in reused], {}
     while pending or running:
         while pending and len(running) < args.parallel:
             i = pending.pop(0)
@@ -91,15 +110,18 @@ def main() -> None:
     rows = []
     for i, (name, _) in enumerate(ROWS):
         m = json.loads((out / f"result_{i}.json").read_text())
-        rows.append([name, m["psnr"], m["ssim"], m["mae_normal_fg"], f"{m['mae_flat']:.1f}", f"{m['mae_crease']:.1f}", f"{m['mae_silhouette']:.1f}",
+        rows.append([name + (" (reused)" if i in reused else ""), m["psnr"], m["ssim"], m["mae_normal_fg"], f"{m['mae_flat']:.1f}", f"{m['mae_crease']:.1f}", f"{m['mae_silhouette']:.1f}",
                      m["its_per_s"], m["num_gaussians"]])
     table = markdown_table(["lumenkit options (cumulative)", "PSNR (dB)", "SSIM", "normal MAE fg (deg)", "flat faces", "creases", "silhouette band",
                             "train it/s", "#Gaussians"], rows)
     body = (
         f"Scene and metrics as in the gsir section (benchmarks/gsir.py); {args.iterations} iterations from {args.num_points} random "
-        f"Gaussians, normal TV {args.normal_tv:g}, seed 0; each row adds one option to the row above (all are off by default, "
-        f"i.e. GS-IR). {len(ROWS)} trainings, {args.parallel} at a time, one torch thread each, {(time.perf_counter() - t0) / 60:.0f} min "
-        f"in all; 1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Class columns: normal MAE "
+        f"Gaussians, normal TV {args.normal_tv:g} unless a row changes it, seed 0; each row adds one option to the row above (all are off "
+        f"by default, i.e. GS-IR). {len(ROWS) - len(reused)} trainings, {args.parallel} at a time, one torch thread each, "
+        f"{(time.perf_counter() - t0) / 60:.0f} min in all"
+        + (f" ('reused': the row's result from an earlier run of this script with the same training config; --fresh retrains it)" if reused else "")
+        + f"; "
+        f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Class columns: normal MAE "
         "(deg) over the GT foreground pixels of each class (see the gsir section).\n\n" + table
     )
     print(body)
