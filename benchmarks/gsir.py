@@ -68,49 +68,53 @@ LUMENKIT_FLAGS = {  # benchmark flag (on by default, --no-<flag> turns it off) -
 }
 
 
-DEFAULT_DENSIFY_GRAD = Stage1Config().densify_grad_threshold
-DEFAULT_DN_FROM = Stage1Config().depth_normal_from_iter
+DEFAULTS = Stage1Config()
+DEFAULT_DENSIFY_GRAD = DEFAULTS.densify_grad_threshold
 
 
-def method_label(tag: str, flags: dict[str, bool], geo_densify_grad: float = DEFAULT_DENSIFY_GRAD, geo_normal_tv: float | None = None,
-                 geo_lambda_normal: float = 1.0) -> str:
+def geo_settings(args) -> tuple[dict, dict]:
+    """(Stage1LossWeights kwargs, Stage1Config kwargs) of the gsir_geo method from the --geo_* options,
+    the --depth_normal weight and the boolean LUMENKIT_FLAGS."""
+    losses = {"lambda_normal": args.geo_lambda_normal, "lambda_normal_tv": args.normal_tv if args.geo_normal_tv is None else args.geo_normal_tv,
+              "lambda_depth_normal": args.depth_normal, "lambda_distortion": args.geo_lambda_distortion}
+    fields = {LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f in LUMENKIT_FLAGS if getattr(args, f)}
+    fields.update(densify_grad_threshold=args.geo_densify_grad_threshold, depth_normal_from_iter=args.geo_depth_normal_from_iter,
+                  distortion_from_iter=args.geo_distortion_from_iter)
+    return losses, fields
+
+
+def method_label(tag: str, args) -> str:
     """The gsir_geo row's name says which lumenkit additions and weights it trains with."""
-    extras = [LUMENKIT_FLAGS[f][2] for f, on in flags.items() if on]
-    if geo_densify_grad != DEFAULT_DENSIFY_GRAD:
-        extras.append(f"densify threshold {geo_densify_grad:g}")
-    if geo_lambda_normal != Stage1LossWeights().lambda_normal:
-        extras.append(f"normal consistency {geo_lambda_normal:g}")
-    if geo_normal_tv is not None:
-        extras.append(f"normal TV {geo_normal_tv:g}")
+    extras = [words for f, (_, _, words) in LUMENKIT_FLAGS.items() if getattr(args, f)]
+    if args.geo_densify_grad_threshold != DEFAULT_DENSIFY_GRAD:
+        extras.append(f"densify threshold {args.geo_densify_grad_threshold:g}")
+    if args.geo_lambda_normal != Stage1LossWeights().lambda_normal:
+        extras.append(f"normal consistency {args.geo_lambda_normal:g}")
+    if args.geo_normal_tv is not None:
+        extras.append(f"normal TV {args.geo_normal_tv:g}")
+    if args.geo_lambda_distortion > 0:
+        extras.append(f"depth distortion {args.geo_lambda_distortion:g}")
     if tag != "gsir_geo" or not extras:
         return METHODS[tag]
     return "GS-IR stage 1 + " + ", ".join(["depth-normal geometry term"] + extras) + " (lumenkit)"
 
 
-def run_method(tag: str, scene, iterations: int, num_points: int, out: Path, max_seconds: float | None, normal_tv: float,
-               depth_normal: float = 0.05, flags: dict[str, bool] | None = None, geo_densify_grad: float = DEFAULT_DENSIFY_GRAD,
-               geo_normal_tv: float | None = None, geo_lambda_normal: float = 1.0, geo_depth_normal_from: int = DEFAULT_DN_FROM) -> dict:
-    """Train one method and evaluate it; returns the metrics row as a dict. flags (LUMENKIT_FLAGS),
-    geo_densify_grad (3DGS densify_grad_threshold), geo_normal_tv (None = normal_tv) and
-    geo_lambda_normal (normal consistency weight) and geo_depth_normal_from (the geometry term's first
-    iteration, of 30000, scaled) apply to the gsir_geo method only."""
-    flags = flags or {}
+def run_method(tag: str, scene, iterations: int, num_points: int, out: Path, args) -> dict:
+    """Train one method and evaluate it; returns the metrics row as a dict. The --geo_* options, the
+    boolean LUMENKIT_FLAGS and --depth_normal apply to the gsir_geo method only (`geo_settings`)."""
+    extra: dict = {}
     if tag == "3dgs":
         w = Stage1LossWeights(lambda_normal=0.0, lambda_normal_tv=0.0, lambda_depth_normal=0.0)
     elif tag == "gsir_geo":
-        w = Stage1LossWeights(lambda_normal=geo_lambda_normal, lambda_normal_tv=normal_tv if geo_normal_tv is None else geo_normal_tv,
-                              lambda_depth_normal=depth_normal)
+        losses, extra = geo_settings(args)
+        w = Stage1LossWeights(**losses)
     else:
-        w = Stage1LossWeights(lambda_normal_tv=normal_tv)
-    extra = {LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f, on in flags.items() if on and tag == "gsir_geo"}
-    if tag == "gsir_geo":
-        extra["densify_grad_threshold"] = geo_densify_grad
-        extra["depth_normal_from_iter"] = geo_depth_normal_from
+        w = Stage1LossWeights(lambda_normal_tv=args.normal_tv)
     cfg = Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0, **extra)
-    res = training(scene, out / f"model_{tag}", cfg, torch.device("cpu"), progress=True, log_every=5, max_seconds=max_seconds)
+    res = training(scene, out / f"model_{tag}", cfg, torch.device("cpu"), progress=True, log_every=5, max_seconds=args.max_minutes * 60)
     m = evaluate_model(res["gaussians"], scene, torch.device("cpu"))
     m.update(its_per_s=res["its_per_s"], minutes=res["seconds"] / 60, num_gaussians=res["num_gaussians"], iterations=res["iterations"])
-    print(f"[bench gsir] {method_label(tag, flags, geo_densify_grad, geo_normal_tv, geo_lambda_normal)}: {m}", flush=True)
+    print(f"[bench gsir] {method_label(tag, args)}: {m}", flush=True)
     return m
 
 
@@ -139,6 +143,9 @@ def main() -> None:
                     help="normal consistency weight of the gsir_geo method (GS-IR: 1)")
     ap.add_argument("--geo_depth_normal_from_iter", type=int, default=10_000,
                     help="first iteration of the gsir_geo geometry term, of 30000 (scaled like the 3DGS schedule)")
+    ap.add_argument("--geo_lambda_distortion", type=float, default=1.0, help="depth distortion weight of the gsir_geo method (0 = off)")
+    ap.add_argument("--geo_distortion_from_iter", type=int, default=15_000,
+                    help="first iteration of the gsir_geo distortion term, of 30000 (scaled; 15000 = after densification)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--load_note", default="", help="what else was running on the machine (printed in the section text)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -155,8 +162,7 @@ def main() -> None:
         iterations, num_points = args.iterations, args.num_points
     if args.worker:  # child process: one method, one thread (the two methods share the 2 cores)
         torch.set_num_threads(1)
-        m = run_method(args.worker, read_scene(data), iterations, num_points, out, args.max_minutes * 60, args.normal_tv, args.depth_normal, flags,
-                       args.geo_densify_grad_threshold, args.geo_normal_tv, args.geo_lambda_normal, args.geo_depth_normal_from_iter)
+        m = run_method(args.worker, read_scene(data), iterations, num_points, out, args)
         (out / f"result_{args.worker}.json").write_text(json.dumps(m))
         return
     t0 = time.perf_counter()
@@ -174,14 +180,7 @@ def main() -> None:
     if not tags or any(t not in METHODS for t in tags):
         raise SystemExit(f"--methods {args.methods!r}: choose from {','.join(METHODS)}")
     for tag in tags:
-        cmd = [sys.executable, __file__, "--worker", tag, "--iterations", str(args.iterations), "--num_points", str(args.num_points),
-               "--max_minutes", str(args.max_minutes), "--data", str(args.data), "--out", str(args.out),
-               "--normal_tv", str(args.normal_tv), "--depth_normal", str(args.depth_normal),
-               "--geo_densify_grad_threshold", str(args.geo_densify_grad_threshold), "--geo_lambda_normal", str(args.geo_lambda_normal),
-               "--geo_depth_normal_from_iter", str(args.geo_depth_normal_from_iter)]
-        cmd += ["--geo_normal_tv", str(args.geo_normal_tv)] if args.geo_normal_tv is not None else []
-        cmd += ["--quick"] if args.quick else []
-        cmd += [f"--{f}" if on else f"--no-{f}" for f, on in flags.items()]
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", tag]  # the worker parses the same options
         procs[tag] = subprocess.Popen(cmd, stdout=open(out / f"log_{tag}.txt", "w"), stderr=subprocess.STDOUT)
     raster = "\n(Rasterizer speed: see the gsir-raster section; not re-measured during this run.)\n"
     if args.raster_table:
@@ -201,7 +200,7 @@ def main() -> None:
         if p.wait() != 0:
             raise SystemExit(f"benchmark worker {tag} failed: see {out / f'log_{tag}.txt'}")
         m = json.loads((out / f"result_{tag}.json").read_text())
-        label = method_label(tag, flags, args.geo_densify_grad_threshold, args.geo_normal_tv, args.geo_lambda_normal)
+        label = method_label(tag, args)
         rows.append([label, m["psnr"], m["ssim"], m["mae_normal_fg"], m["mae_normal_gsir"], m["mae_depthnormal_fg"], m["mae_depthnormal_gsir"],
                      m["iterations"], m["its_per_s"], m["minutes"], m["num_gaussians"]])
         diag_rows.append([label] + [f"{m[f'mae_{k}']:.1f} ({100 * m[f'frac_{k}']:.0f}%)" for k in ("flat", "crease", "silhouette")])
@@ -212,9 +211,9 @@ def main() -> None:
     )
     diag_table = markdown_table(["method", "flat faces", "creases", "silhouette band"], diag_rows)
     sc = Stage1Config(iterations=iterations).scaled()
-    sc_geo = Stage1Config(iterations=iterations, depth_normal_from_iter=args.geo_depth_normal_from_iter).scaled()
+    sc_geo = Stage1Config(iterations=iterations, **geo_settings(args)[1]).scaled()
     geo_options = any(flags.values()) or args.geo_densify_grad_threshold != DEFAULT_DENSIFY_GRAD or args.geo_normal_tv is not None \
-        or args.geo_lambda_normal != Stage1LossWeights().lambda_normal
+        or args.geo_lambda_normal != Stage1LossWeights().lambda_normal or args.geo_lambda_distortion > 0
     w = Stage1LossWeights(lambda_normal_tv=args.normal_tv)
     v0 = scene.test[0]
     body = (
@@ -252,6 +251,8 @@ def main() -> None:
                (args.geo_normal_tv is not None, f"normal TV weight {args.geo_normal_tv:g} (the GS-IR row: {args.normal_tv:g})"),
                (args.crease_aware_depth_normal, "the depth normal differentiates, per axis, towards the side with the smaller "
                 "second difference of depth (GS-IR: the smaller depth step), so that at a crease it stays on the pixel's own face"),
+               (args.geo_lambda_distortion > 0, f"{args.geo_lambda_distortion:g} x 2DGS's depth distortion (mean over pixels of "
+                f"1/2 sum_ij w_i w_j (z_i - z_j)^2, centre depths in scene units) from iteration {sc_geo.distortion_from_iter}"),
            ) if on]) if geo_options else "")
            + ". " if "gsir_geo" in tags else "")
         + 

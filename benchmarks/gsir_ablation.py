@@ -44,16 +44,17 @@ ROWS = [
     ("+ geometry term from iteration 10000 of 30000 (was 15000)", {"depth_normal_from_iter": 10_000}),
     ("+ normal consistency 3 (GS-IR 1)", {"lambda_normal": 3.0}),
     ("+ normal TV 0.1", {"lambda_normal_tv": 0.1}),
+    ("+ depth distortion 1 from iteration 15000 of 30000", {"lambda_distortion": 1.0, "distortion_from_iter": 15_000}),
 ]
+LOSS_WEIGHTS = ("lambda_normal_tv", "lambda_depth_normal", "lambda_normal", "lambda_distortion")
 
 
 def row_config(index: int, iterations: int, num_points: int, normal_tv: float) -> Stage1Config:
     opts: dict = {}
     for _, extra in ROWS[: index + 1]:
         opts.update(extra)
-    w = Stage1LossWeights(lambda_normal_tv=opts.pop("lambda_normal_tv", normal_tv), lambda_depth_normal=opts.pop("lambda_depth_normal", 0.0),
-                          lambda_normal=opts.pop("lambda_normal", Stage1LossWeights().lambda_normal))
-    fields = {k: opts.pop(k) for k in ("densify_grad_threshold", "depth_normal_from_iter") if k in opts}
+    w = Stage1LossWeights(**{"lambda_normal_tv": normal_tv, "lambda_depth_normal": 0.0, **{k: opts.pop(k) for k in LOSS_WEIGHTS if k in opts}})
+    fields = {k: opts.pop(k) for k in ("densify_grad_threshold", "depth_normal_from_iter", "distortion_from_iter") if k in opts}
     fields.update({LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f in opts})
     return Stage1Config(iterations=iterations, num_points=num_points, losses=w, seed=0, **fields)
 
@@ -63,9 +64,28 @@ def config_key(cfg: Stage1Config) -> str:
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 
 
+def same_config(stored: dict, current: dict, defaults: dict) -> bool:
+    """True if a stored config (JSON dict) equals the current one, where a setting the stored one lacks
+    (added to Stage1Config after that run) counts as equal when the current value is its default."""
+    for k, v in current.items():
+        if isinstance(v, dict):
+            if not same_config(stored.get(k, {}), v, defaults[k]):
+                return False
+        elif k in stored:
+            if stored[k] != v:
+                return False
+        elif v != defaults[k]:
+            return False
+    return True
+
+
 def has_result(out: Path, index: int, cfg: Stage1Config) -> bool:
     f = out / f"result_{index}.json"
-    return f.is_file() and json.loads(f.read_text()).get("config") == config_key(cfg)
+    if not f.is_file():
+        return False
+    stored = json.loads(f.read_text()).get("config")
+    defaults = json.loads(config_key(dataclasses.replace(Stage1Config(), iterations=cfg.iterations)))
+    return stored is not None and same_config(json.loads(stored), json.loads(config_key(cfg)), defaults)
 
 
 def main() -> None:

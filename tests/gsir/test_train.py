@@ -100,12 +100,13 @@ def test_bad_checkpoint(tmp_path):
 @pytest.mark.parametrize("depth_normal,lumenkit_normals", [(0.0, False), (0.05, False), (0.05, True)])
 def test_short_training_psnr_rises(tiny_scene, tmp_path, depth_normal, lumenkit_normals):
     """Also with lumenkit's depth-normal term, which switches on halfway (iteration 50 of 100), and
-    with its unfiltered, crease-aware depth normal, back-face culled normal map and planar depth."""
+    with its unfiltered, crease-aware depth normal, back-face culled normal map, planar depth and depth
+    distortion (from iteration 50, as the benchmark: after densification)."""
     scene = D.read_scene(tiny_scene)
     cfg = _cfg(iterations=100, num_points=800, test_iterations=[1, 100], depth_median=not lumenkit_normals, cull_backfacing_normals=lumenkit_normals,
-               planar_depth=lumenkit_normals, crease_aware_depth_normal=lumenkit_normals)
-    cfg.losses = Stage1LossWeights(**{**cfg.losses.__dict__, "lambda_depth_normal": depth_normal})
-    assert cfg.scaled().depth_normal_from_iter == 50
+               planar_depth=lumenkit_normals, crease_aware_depth_normal=lumenkit_normals, distortion_from_iter=15_000)
+    cfg.losses = Stage1LossWeights(**{**cfg.losses.__dict__, "lambda_depth_normal": depth_normal, "lambda_distortion": float(lumenkit_normals)})
+    assert cfg.scaled().depth_normal_from_iter == 50 and cfg.scaled().distortion_from_iter == 50
     res = training(scene, tmp_path, cfg, torch.device("cpu"), progress=False)
     first, last = res["test"][1]["psnr"], res["test"][100]["psnr"]
     assert last > first + 4.0, (first, last)
@@ -158,9 +159,10 @@ def test_cli_loss_flag_defaults_match_the_config():
 
     args = build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s"])
     got, ref = config_from_args(args).losses, Stage1LossWeights()
-    for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten"):
+    for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten", "lambda_distortion"):
         assert getattr(got, name) == getattr(ref, name), name
     assert config_from_args(args).depth_normal_from_iter == Stage1Config().depth_normal_from_iter
+    assert config_from_args(args).distortion_from_iter == Stage1Config().distortion_from_iter
     assert config_from_args(args).depth_median is Stage1Config().depth_median is True
     assert config_from_args(args).cull_backfacing_normals is Stage1Config().cull_backfacing_normals is False
     assert config_from_args(args).planar_depth is Stage1Config().planar_depth is False

@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                    help="lumenkit addition: depth normal -> rendered normal consistency that moves the geometry (0 = GS-IR)")
     t.add_argument("--depth_normal_from_iter", type=int, default=15_000, help="iteration the depth-normal term starts (of 30000; scaled with --schedule auto)")
     t.add_argument("--lambda_flatten", type=float, default=0.0, help="lumenkit addition: mean smallest Gaussian scale (0 = GS-IR)")
+    t.add_argument("--lambda_distortion", type=float, default=0.0,
+                   help="lumenkit addition: 2DGS's depth distortion, blend weights gather at one depth per pixel (0 = GS-IR)")
+    t.add_argument("--distortion_from_iter", type=int, default=3000, help="iteration the distortion term starts (of 30000; scaled with --schedule auto)")
     t.add_argument("--no_depth_median", action="store_true",
                    help="lumenkit addition: normal from the unfiltered rendered depth (GS-IR median-filters it 3x3, which rounds creases)")
     t.add_argument("--crease_aware_depth_normal", action="store_true",
@@ -141,10 +144,11 @@ def config_from_args(args) -> "object":
         densification_interval=args.densification_interval, opacity_reset_interval=args.opacity_reset_interval,
         densify_grad_threshold=args.densify_grad_threshold, num_points=args.num_points, init_bound=args.init_bound,
         depth_median=not args.no_depth_median, crease_aware_depth_normal=args.crease_aware_depth_normal, cull_backfacing_normals=args.cull_backfacing_normals, planar_depth=args.planar_depth,
-        depth_normal_from_iter=args.depth_normal_from_iter,
+        depth_normal_from_iter=args.depth_normal_from_iter, distortion_from_iter=args.distortion_from_iter,
         white_background=args.white_background, random_background=args.random_background, resolution=args.resolution,
         losses=Stage1LossWeights(lambda_dssim=args.lambda_dssim, lambda_normal=args.lambda_normal, lambda_normal_tv=args.normal_tv,
-                                 lambda_depth_normal=args.lambda_depth_normal, lambda_flatten=args.lambda_flatten),
+                                 lambda_depth_normal=args.lambda_depth_normal, lambda_flatten=args.lambda_flatten,
+                                 lambda_distortion=args.lambda_distortion),
         optim=optim, schedule=args.schedule, seed=args.seed, backend=args.backend,
         test_iterations=list(args.test_iterations), checkpoint_iterations=list(args.checkpoint_iterations),
     )

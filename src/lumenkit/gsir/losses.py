@@ -88,6 +88,10 @@ class Stage1LossWeights:
     # lumenkit addition (0 = GS-IR): mean of each Gaussian's smallest scale (scene units), pushing the
     # Gaussians towards flat discs that lie in the surface (as in GaussianShader / NeuSG)
     lambda_flatten: float = 0.0
+    # lumenkit addition (0 = GS-IR): 2DGS's depth distortion, the mean over pixels of
+    # 1/2 sum_ij w_i w_j (z_i - z_j)^2 (rasterize's distortion_map, scene units^2): blend weights
+    # gather at one depth per pixel instead of spreading through semi-transparent layers
+    lambda_distortion: float = 0.0
 
 
 def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, scales: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -115,8 +119,10 @@ def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, 
         if "opacity_map" in render_pkg and w.tv_opacity_weighted:
             n = n * render_pkg["opacity_map"].detach()
         terms["normal_tv"] = edge_aware_tv(n, gt_image)
+    if w.lambda_distortion > 0 and "distortion_map" in render_pkg:
+        terms["distortion"] = render_pkg["distortion_map"].mean()
     if w.lambda_flatten > 0:
         terms["flatten"] = scales.min(dim=1).values.mean()
     total = (terms["rgb"] + w.lambda_flatten * terms.get("flatten", 0.0) + w.lambda_normal * terms.get("normal", 0.0) + w.lambda_normal_tv * terms.get("normal_tv", 0.0)
-             + w.lambda_depth_normal * terms.get("depth_normal", 0.0))
+             + w.lambda_depth_normal * terms.get("depth_normal", 0.0) + w.lambda_distortion * terms.get("distortion", 0.0))
     return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}

@@ -18,7 +18,7 @@ from lumenkit.gsir.gaussians import GaussianModel
 
 def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str = "auto", argmax_depth: bool = False, inference: bool = False,
            with_depth_normal: bool = True, depth_median: bool = True, skip_border_normal_grad: bool = True,
-           depth_normal_grad: bool = False, depth_normal_side_rule: str = "depth") -> dict:
+           depth_normal_grad: bool = False, depth_normal_side_rule: str = "depth", depth_distortion: bool = False) -> dict:
     """Rasterize every Gaussian attribute for one camera; add the normal from depth and its masks.
 
     As GS-IR: the normal from depth is computed on the 3x3 median-filtered depth (``depth_median``,
@@ -28,7 +28,8 @@ def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str =
 
     depth_normal_grad (lumenkit addition, not GS-IR): also return ``normal_map_from_depth_grad``, the
     same depth normal with its graph to the rendered depth kept, for a loss that moves the geometry.
-    depth_normal_side_rule: geometry.depth_to_normal's side_rule ("depth" = GS-IR, "curvature")."""
+    depth_normal_side_rule: geometry.depth_to_normal's side_rule ("depth" = GS-IR, "curvature").
+    depth_distortion: also return distortion_map [1, H, W] (rasterize's, lumenkit addition)."""
     from lumenkit.gsir.rasterize import rasterize
 
     out = rasterize(
@@ -48,6 +49,7 @@ def render(gaussians: GaussianModel, camera, bg: torch.Tensor, *, backend: str =
         argmax_depth=argmax_depth,
         inference=inference,
         planar_depth=gaussians.planar_depth,
+        depth_distortion=depth_distortion,
     )
     pkg = dict(out)
     if skip_border_normal_grad and out["normal_map"].requires_grad:

@@ -516,6 +516,7 @@ def rasterize(
     argmax_depth: bool = False,
     inference: bool = False,
     planar_depth: bool = False,
+    depth_distortion: bool = False,
 ) -> dict[str, Tensor]:
     """Render N Gaussians from one camera with GS-IR's attribute maps.
 
@@ -535,6 +536,10 @@ def rasterize(
       (0 where none) instead of the expected depth. inference: roughness_map += T (background rough).
       planar_depth (lumenkit addition; GS-IR blends centre depths): each Gaussian contributes the depth
       of its own plane at the pixel (`depth_planes`), not its centre depth.
+      depth_distortion (lumenkit addition, 2DGS / Mip-NeRF 360's distortion loss): also return
+      distortion_map [1, H, W] = 1/2 sum_ij w_i w_j (z_i - z_j)^2 over the centre depths (scene units^2),
+      computed as O sum w z^2 - (sum w z)^2 from two extra blended channels (z taken relative to the
+      mean visible depth, to keep float32 cancellation small); it differentiates w.r.t. the geometry.
 
     Returns a dict:
       render [3, H, W] = sum w c + T bg; opacity_map [1, H, W] = O = sum w = 1 - T;
@@ -573,6 +578,14 @@ def rasterize(
     else:
         names = [("rgb", 3), ("opacity", 1), ("depth", 1)]
         chans = [color.to(means.dtype), torch.ones_like(proj.depths)[:, None], proj.depths[:, None]]
+    if depth_distortion:
+        visible = proj.radii > 0  # culled Gaussians may carry any depth (behind the camera, inf)
+        z_vis = torch.where(visible, proj.depths.detach(), torch.zeros_like(proj.depths))
+        z_ref = z_vis.sum() / visible.sum().clamp_min(1).to(means.dtype)  # no host sync
+        z = torch.where(visible, proj.depths - z_ref, torch.zeros_like(proj.depths))
+        names += [("z_moment1", 1), ("z_moment2", 1)]
+        chans += [z[:, None], (z * z)[:, None]]
+    n_alpha = sum(k for _, k in names)  # rgb, opacity, depth (and moments) move the geometry; attributes do not
     for name, t, k in (("normal", normals, 3), ("albedo", albedo, 3), ("roughness", roughness, 1), ("metallic", metallic, 1)):
         if t is not None:
             t = t.reshape(N, k).to(means.dtype)
@@ -581,7 +594,6 @@ def rasterize(
     channels = torch.cat(chans, dim=1).contiguous()
 
     order = depth_order(proj.depths, proj.radii)
-    n_alpha = sum(k for _, k in names[:3])  # rgb, opacity, depth move the geometry; attributes do not
     opac = opacities.reshape(N).to(means.dtype)
     if backend == "cpu":
         out, argmax = _blend_cpu(means2d, proj.conics, opac, channels, order, proj.rects, W, H, argmax_depth, n_alpha)
@@ -630,6 +642,8 @@ def rasterize(
         "means2d": proj.means2d.detach(),
         "depths": proj.depths.detach(),
     }
+    if depth_distortion:
+        result["distortion_map"] = (O * maps["z_moment2"] - maps["z_moment1"] ** 2).clamp_min(0.0)
     for name in ("normal", "albedo", "roughness", "metallic"):
         if name in maps:
             result[f"{name}_map"] = maps[name] + T if (name == "roughness" and inference) else maps[name]

@@ -72,6 +72,8 @@ class Stage1Config:
     cull_backfacing_normals: bool = False
     # lumenkit addition (False = GS-IR): each Gaussian blends the depth of its own plane, not its centre's
     planar_depth: bool = False
+    # the lumenkit distortion term (losses.lambda_distortion) starts here (of 30000, scaled; 2DGS: 3000)
+    distortion_from_iter: int = 3000
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: str = "auto"  # auto | paper
     seed: int = 0
@@ -93,6 +95,7 @@ class Stage1Config:
         c.densify_from_iter = max(s(self.densify_from_iter, 50), self.iterations // 10)
         c.densify_until_iter = max(s(self.densify_until_iter, 50), c.densify_from_iter + 1)
         c.depth_normal_from_iter = s(self.depth_normal_from_iter, 1)
+        c.distortion_from_iter = s(self.distortion_from_iter, 1)
         c.densification_interval = s(self.densification_interval, 25)
         c.opacity_reset_interval = s(self.opacity_reset_interval, 100)
         c.sh_up_interval = s(self.sh_up_interval, 10)
@@ -219,7 +222,8 @@ def training(
             gt = gt + (1 - a) * (cur_bg - bg)[:, None, None]  # re-composite over the random colour
         need_dn = run.losses.lambda_normal > 0
         dn_on = need_dn and run.losses.lambda_depth_normal > 0 and it >= run.depth_normal_from_iter
-        pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn,
+        dist_on = run.losses.lambda_distortion > 0 and it >= run.distortion_from_iter
+        pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn, depth_distortion=dist_on,
                      depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad, depth_normal_grad=dn_on,
                      depth_normal_side_rule="curvature" if run.crease_aware_depth_normal else "depth")
         weights = run.losses if dn_on else weights_without_depth_normal
