@@ -58,7 +58,8 @@ def register(subparsers) -> None:
     t.add_argument("--lambda_flatten", type=float, default=0.0, help="lumenkit addition: mean smallest Gaussian scale (0 = GS-IR)")
     t.add_argument("--lambda_distortion", type=float, default=0.0,
                    help="lumenkit addition: 2DGS's depth distortion, blend weights gather at one depth per pixel (0 = GS-IR)")
-    t.add_argument("--distortion_from_iter", type=int, default=3000, help="iteration the distortion term starts (of 30000; scaled with --schedule auto)")
+    t.add_argument("--distortion_from_iter", type=int, default=15_000,
+                   help="iteration the distortion term starts (of 30000; scaled with --schedule auto; 2DGS: 3000)")
     t.add_argument("--no_depth_median", action="store_true",
                    help="lumenkit addition: normal from the unfiltered rendered depth (GS-IR median-filters it 3x3, which rounds creases)")
     t.add_argument("--crease_aware_depth_normal", action="store_true",
