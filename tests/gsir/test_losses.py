@@ -80,10 +80,16 @@ def test_stage1_total_matches_weights():
     total2, terms2 = stage1_loss(pkg, gt, Stage1LossWeights(lambda_depth_normal=0.5, lambda_flatten=2.0), scales)
     assert math.isclose(terms2["depth_normal"], terms["normal"], rel_tol=1e-6)  # L1 is symmetric
     assert math.isclose(terms2["flatten"], 0.035, rel_tol=1e-6)
-    assert math.isclose(float(total2), expect + 0.5 * terms["normal"] + 2.0 * 0.035, rel_tol=1e-5)
+    assert math.isclose(float(total2.detach()), expect + 0.5 * terms["normal"] + 2.0 * 0.035, rel_tol=1e-5)
     total2.backward()
     assert pkg["normal_map_from_depth_grad"].grad.abs().sum() > 0
     assert torch.allclose(scales.grad, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))  # 2.0 * d mean / d min
+    # depth distortion: the mean of the rendered distortion map, only when the weight is on and the map is there
+    pkg["distortion_map"] = torch.rand(1, 16, 16)
+    total3, terms3 = stage1_loss(pkg, gt, Stage1LossWeights(lambda_distortion=0.7))
+    assert math.isclose(terms3["distortion"], float(pkg["distortion_map"].mean()), rel_tol=1e-6)
+    assert math.isclose(float(total3), expect + 0.7 * terms3["distortion"], rel_tol=1e-5)
+    assert "distortion" not in stage1_loss(pkg, gt, w)[1]
 
 
 def test_stage1_opacity_gating_and_gsir_exact_mode():
