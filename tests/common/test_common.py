@@ -91,6 +91,7 @@ class _Evil:
         return (print, ("pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the protocol of the refused pickle
 def test_weights_roundtrip_and_pickle_refused(tmp_path):
     sd = {"w": torch.randn(3, 4), "b": torch.arange(5)}
     for name in ("m.safetensors", "m.pt"):
