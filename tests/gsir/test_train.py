@@ -40,7 +40,7 @@ def test_densify_clone_split_prune():
     # one Adam step so moments exist and must be carried
     sum(p.sum() for p in g.params.values()).backward()
     g.optimizer.step()
-    big = float(g.scales[1].max())
+    big = float(g.scales[1].max().detach())
     g.xyz_gradient_accum[:] = torch.tensor([[1.0], [1.0], [0.0], [0.0]])
     g.denom[:] = 1
     g.densify_and_prune(max_grad=0.5, min_opacity=0.005, extent=1.0, max_screen_size=None)
