@@ -68,8 +68,7 @@ LUMENKIT_FLAGS = {  # benchmark flag (on by default, --no-<flag> turns it off) -
 }
 
 
-DEFAULTS = Stage1Config()
-DEFAULT_DENSIFY_GRAD = DEFAULTS.densify_grad_threshold
+DEFAULT_DENSIFY_GRAD = Stage1Config().densify_grad_threshold
 
 
 def geo_settings(args) -> tuple[dict, dict]:
@@ -83,8 +82,8 @@ def geo_settings(args) -> tuple[dict, dict]:
     return losses, fields
 
 
-def method_label(tag: str, args) -> str:
-    """The gsir_geo row's name says which lumenkit additions and weights it trains with."""
+def geo_extras(args) -> list[str]:
+    """Short names of the lumenkit options and weights the gsir_geo method adds to the geometry term."""
     extras = [words for f, (_, _, words) in LUMENKIT_FLAGS.items() if getattr(args, f)]
     if args.geo_densify_grad_threshold != DEFAULT_DENSIFY_GRAD:
         extras.append(f"densify threshold {args.geo_densify_grad_threshold:g}")
@@ -94,6 +93,12 @@ def method_label(tag: str, args) -> str:
         extras.append(f"normal TV {args.geo_normal_tv:g}")
     if args.geo_lambda_distortion > 0:
         extras.append(f"depth distortion {args.geo_lambda_distortion:g}")
+    return extras
+
+
+def method_label(tag: str, args) -> str:
+    """The gsir_geo row's name says which lumenkit additions and weights it trains with."""
+    extras = geo_extras(args)
     if tag != "gsir_geo" or not extras:
         return METHODS[tag]
     return "GS-IR stage 1 + " + ", ".join(["depth-normal geometry term"] + extras) + " (lumenkit)"
@@ -150,7 +155,6 @@ def main() -> None:
     ap.add_argument("--load_note", default="", help="what else was running on the machine (printed in the section text)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    flags = {f: bool(getattr(args, f)) for f in LUMENKIT_FLAGS}
     out = Path(args.out) / ("quick" if args.quick else "full")
     if args.quick:
         data = out / "scene"
@@ -212,8 +216,7 @@ def main() -> None:
     diag_table = markdown_table(["method", "flat faces", "creases", "silhouette band"], diag_rows)
     sc = Stage1Config(iterations=iterations).scaled()
     sc_geo = Stage1Config(iterations=iterations, **geo_settings(args)[1]).scaled()
-    geo_options = any(flags.values()) or args.geo_densify_grad_threshold != DEFAULT_DENSIFY_GRAD or args.geo_normal_tv is not None \
-        or args.geo_lambda_normal != Stage1LossWeights().lambda_normal or args.geo_lambda_distortion > 0
+    geo_options = bool(geo_extras(args))
     w = Stage1LossWeights(lambda_normal_tv=args.normal_tv)
     v0 = scene.test[0]
     body = (

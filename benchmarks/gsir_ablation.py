@@ -84,7 +84,7 @@ def has_result(out: Path, index: int, cfg: Stage1Config) -> bool:
     if not f.is_file():
         return False
     stored = json.loads(f.read_text()).get("config")
-    defaults = json.loads(config_key(dataclasses.replace(Stage1Config(), iterations=cfg.iterations)))
+    defaults = json.loads(config_key(Stage1Config()))
     return stored is not None and same_config(json.loads(stored), json.loads(config_key(cfg)), defaults)
 
 

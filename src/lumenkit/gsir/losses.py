@@ -97,7 +97,8 @@ class Stage1LossWeights:
 def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, scales: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Total stage-1 loss and its terms. render_pkg needs render, normal_map (unit), and for the
     normal terms normal_map_from_depth, normal_from_depth_mask; optional normal_map_raw (the blended,
-    opacity-weighted normals) and opacity_map (see pipeline.render).
+    opacity-weighted normals) and opacity_map (see pipeline.render); distortion_map when
+    lambda_distortion > 0 (render with depth_distortion=True).
 
     scales: the Gaussians' activated scales [N, 3], needed when lambda_flatten > 0.
 
@@ -119,7 +120,7 @@ def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, 
         if "opacity_map" in render_pkg and w.tv_opacity_weighted:
             n = n * render_pkg["opacity_map"].detach()
         terms["normal_tv"] = edge_aware_tv(n, gt_image)
-    if w.lambda_distortion > 0 and "distortion_map" in render_pkg:
+    if w.lambda_distortion > 0:
         terms["distortion"] = render_pkg["distortion_map"].mean()
     if w.lambda_flatten > 0:
         terms["flatten"] = scales.min(dim=1).values.mean()

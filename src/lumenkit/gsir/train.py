@@ -204,7 +204,10 @@ def training(
     bg = torch.tensor([1.0, 1.0, 1.0] if run.white_background else [0.0, 0.0, 0.0], device=device)
     images = [v.image.to(device) for v in scene.train]
     cameras = [v.camera(device) for v in scene.train]
-    weights_without_depth_normal = dataclasses.replace(run.losses, lambda_depth_normal=0.0)
+    # the loss weights with the late-starting terms (depth normal, distortion) switched on or off
+    weights_by_phase = {(dn, dist): dataclasses.replace(run.losses, lambda_depth_normal=run.losses.lambda_depth_normal * dn,
+                                                       lambda_distortion=run.losses.lambda_distortion * dist)
+                        for dn in (False, True) for dist in (False, True)}
     ema_loss, ema_psnr, psnr_hist = None, None, []
     ckpts = set(run.checkpoint_iterations) | {run.iterations}
     t0 = time.perf_counter()
@@ -227,7 +230,7 @@ def training(
         pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn, depth_distortion=dist_on,
                      depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad, depth_normal_grad=dn_on,
                      depth_normal_side_rule="curvature" if run.crease_aware_depth_normal else "depth")
-        weights = run.losses if dn_on else weights_without_depth_normal
+        weights = weights_by_phase[(dn_on, dist_on)]
         loss, terms = stage1_loss(pkg, gt, weights, gaussians.scales if run.losses.lambda_flatten > 0 else None)
         loss.backward()
         with torch.no_grad():
