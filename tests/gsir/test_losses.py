@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lumenkit.gsir.losses import Stage1LossWeights, edge_aware_tv, l1_loss, normal_consistency_loss, rgb_loss, ssim, stage1_loss
+from lumenkit.gsir.losses import Stage1LossWeights, edge_aware_tv, l1_loss, normal_consistency_loss, rgb_loss, ssim, stage1_loss, truncated_tv
 
 
 def test_l1_and_rgb_loss_identical_images():
@@ -90,6 +90,50 @@ def test_stage1_total_matches_weights():
     assert math.isclose(terms3["distortion"], float(pkg["distortion_map"].mean()), rel_tol=1e-6)
     assert math.isclose(float(total3), expect + 0.7 * terms3["distortion"], rel_tol=1e-5)
     assert "distortion" not in stage1_loss(pkg, gt, w)[1]
+    # depth-normal TV: truncated_tv of the depth normal inside the consistency mask (depth normal valid, opacity > 0.5)
+    pkg["opacity_map"] = torch.rand(1, 16, 16)
+    pkg["normal_map_from_depth_grad"].grad = None
+    total4, terms4 = stage1_loss(pkg, gt, Stage1LossWeights(lambda_depth_normal_tv=0.3, depth_normal_tv_max_step=0.5))
+    mask = pkg["normal_from_depth_mask"] & (pkg["opacity_map"][0] > 0.5)
+    tv = float(truncated_tv(pkg["normal_map_from_depth"], mask, 0.5))
+    assert tv > 0 and math.isclose(terms4["depth_normal_tv"], tv, rel_tol=1e-6)
+    total4.backward()
+    assert pkg["normal_map_from_depth_grad"].grad.abs().sum() > 0
+
+
+def _truncated_tv_loops(data, mask, max_step):
+    """truncated_tv written pair by pair."""
+    C, H, W = data.shape
+    total = 0.0
+    for y in range(H):
+        for x in range(W):
+            for y2, x2 in ((y, x + 1), (y + 1, x)):
+                if y2 < H and x2 < W and mask[y, x] and mask[y2, x2]:
+                    step = sum(abs(float(data[c, y, x] - data[c, y2, x2])) for c in range(C))
+                    total += step if step < max_step else 0.0
+    return total / max(int(mask.sum()), 1)
+
+
+def test_truncated_tv_pairwise_and_creases():
+    torch.manual_seed(2)
+    data = torch.randn(3, 7, 9) * 0.2
+    mask = torch.rand(7, 9) > 0.3
+    for max_step in (0.1, 0.4, 10.0):
+        assert math.isclose(float(truncated_tv(data, mask, max_step)), _truncated_tv_loops(data, mask, max_step), rel_tol=1e-5)
+    # two flat faces meeting at a 90-degree crease: the crease's step (L1 2.0) is free, the TV is 0
+    faces = torch.zeros(3, 6, 8)
+    faces[2, :, :4] = 1.0
+    faces[0, :, 4:] = 1.0
+    full = torch.ones(6, 8, dtype=torch.bool)
+    assert float(truncated_tv(faces, full, 0.25)) == 0.0
+    assert math.isclose(float(truncated_tv(faces, full, 2.5)), 6 * 2.0 / 48, rel_tol=1e-6)  # untruncated: 6 rows x one step of 2
+    # a small tilt of one pixel is penalised, its gradient pulls it back towards its neighbours
+    bumpy = faces.clone().requires_grad_(True)
+    with torch.no_grad():
+        bumpy[0, 2, 1] = 0.1
+    truncated_tv(bumpy, full, 0.25).backward()
+    assert bumpy.grad[0, 2, 1] > 0
+    assert float(truncated_tv(data, torch.zeros(7, 9, dtype=torch.bool), 0.25)) == 0.0
 
 
 def test_stage1_opacity_gating_and_gsir_exact_mode():

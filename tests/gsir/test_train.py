@@ -101,11 +101,12 @@ def test_bad_checkpoint(tmp_path):
 def test_short_training_psnr_rises(tiny_scene, tmp_path, depth_normal, lumenkit_normals):
     """Also with lumenkit's depth-normal term, which switches on halfway (iteration 50 of 100), and
     with its unfiltered, crease-aware depth normal, back-face culled normal map, planar depth and depth
-    distortion (from iteration 50, as the benchmark: after densification)."""
+    distortion (from iteration 50, as the benchmark: after densification) and depth-normal TV."""
     scene = D.read_scene(tiny_scene)
     cfg = _cfg(iterations=100, num_points=800, test_iterations=[1, 100], depth_median=not lumenkit_normals, cull_backfacing_normals=lumenkit_normals,
                planar_depth=lumenkit_normals, crease_aware_depth_normal=lumenkit_normals, distortion_from_iter=15_000)
-    cfg.losses = Stage1LossWeights(**{**cfg.losses.__dict__, "lambda_depth_normal": depth_normal, "lambda_distortion": float(lumenkit_normals)})
+    cfg.losses = Stage1LossWeights(**{**cfg.losses.__dict__, "lambda_depth_normal": depth_normal, "lambda_distortion": float(lumenkit_normals),
+                                      "lambda_depth_normal_tv": 0.05 * lumenkit_normals})
     assert cfg.scaled().depth_normal_from_iter == 50 and cfg.scaled().distortion_from_iter == 50
     res = training(scene, tmp_path, cfg, torch.device("cpu"), progress=False)
     first, last = res["test"][1]["psnr"], res["test"][100]["psnr"]
@@ -141,6 +142,8 @@ def test_cli_end_to_end_and_errors(tiny_scene, tmp_path, capsys):
     assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--iterations", "0"]) == 2
     assert "--iterations" in capsys.readouterr().err
     assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--sh_degree", "7"]) == 2
+    assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--depth_normal_tv_max_step", "0"]) == 2
+    assert "--depth_normal_tv_max_step 0.0: must be > 0" in capsys.readouterr().err
     assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--iterations", "10", "--start_checkpoint", str(m / "chkpnt20.pth")]) == 2
     assert "nothing to do" in capsys.readouterr().err
     assert _run(["gsir", "render", "-m", str(tmp_path / "empty"), "-s", str(tiny_scene)]) == 2
@@ -159,7 +162,8 @@ def test_cli_loss_flag_defaults_match_the_config():
 
     args = build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s"])
     got, ref = config_from_args(args).losses, Stage1LossWeights()
-    for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten", "lambda_distortion"):
+    for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten", "lambda_distortion",
+                 "lambda_depth_normal_tv", "depth_normal_tv_max_step"):
         assert getattr(got, name) == getattr(ref, name), name
     assert config_from_args(args).depth_normal_from_iter == Stage1Config().depth_normal_from_iter
     assert config_from_args(args).distortion_from_iter == Stage1Config().distortion_from_iter

@@ -54,7 +54,13 @@ def register(subparsers) -> None:
     # defaults = Stage1LossWeights' (tests/gsir/test_train.py checks; no torch import when parsing)
     t.add_argument("--lambda_depth_normal", type=float, default=0.0,
                    help="lumenkit addition: depth normal -> rendered normal consistency that moves the geometry (0 = GS-IR)")
-    t.add_argument("--depth_normal_from_iter", type=int, default=15_000, help="iteration the depth-normal term starts (of 30000; scaled with --schedule auto)")
+    t.add_argument("--lambda_depth_normal_tv", type=float, default=0.0,
+                   help="lumenkit addition: L1 TV of the depth normal, moving the geometry, steps >= --depth_normal_tv_max_step "
+                        "(creases) left free; faces flatten without rounding their edges (0 = GS-IR)")
+    t.add_argument("--depth_normal_tv_max_step", type=float, default=0.25,
+                   help="largest neighbour step (L1 of the unit-normal difference) the depth-normal TV smooths")
+    t.add_argument("--depth_normal_from_iter", type=int, default=15_000,
+                   help="iteration the depth-normal terms start (of 30000; scaled with --schedule auto)")
     t.add_argument("--lambda_flatten", type=float, default=0.0, help="lumenkit addition: mean smallest Gaussian scale (0 = GS-IR)")
     t.add_argument("--lambda_distortion", type=float, default=0.0,
                    help="lumenkit addition: 2DGS's depth distortion, blend weights gather at one depth per pixel (0 = GS-IR)")
@@ -135,6 +141,8 @@ def config_from_args(args) -> "object":
         raise LumenkitError(f"--sh_degree {args.sh_degree}: expected 0..3")
     if args.num_points < 1:
         raise LumenkitError(f"--num_points {args.num_points}: must be >= 1")
+    if not args.depth_normal_tv_max_step > 0:
+        raise LumenkitError(f"--depth_normal_tv_max_step {args.depth_normal_tv_max_step}: must be > 0")
     optim = OptimConfig(
         position_lr_init=args.position_lr_init, position_lr_final=args.position_lr_final, position_lr_max_steps=args.position_lr_max_steps,
         feature_lr=args.feature_lr, opacity_lr=args.opacity_lr, scaling_lr=args.scaling_lr, rotation_lr=args.rotation_lr,
@@ -149,7 +157,8 @@ def config_from_args(args) -> "object":
         white_background=args.white_background, random_background=args.random_background, resolution=args.resolution,
         losses=Stage1LossWeights(lambda_dssim=args.lambda_dssim, lambda_normal=args.lambda_normal, lambda_normal_tv=args.normal_tv,
                                  lambda_depth_normal=args.lambda_depth_normal, lambda_flatten=args.lambda_flatten,
-                                 lambda_distortion=args.lambda_distortion),
+                                 lambda_distortion=args.lambda_distortion, lambda_depth_normal_tv=args.lambda_depth_normal_tv,
+                                 depth_normal_tv_max_step=args.depth_normal_tv_max_step),
         optim=optim, schedule=args.schedule, seed=args.seed, backend=args.backend,
         test_iterations=list(args.test_iterations), checkpoint_iterations=list(args.checkpoint_iterations),
     )

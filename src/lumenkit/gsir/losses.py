@@ -70,6 +70,21 @@ def edge_aware_tv(data: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return (dy * wy).mean() + (dx * wx).mean()
 
 
+def truncated_tv(data: torch.Tensor, mask: torch.Tensor, max_step: float) -> torch.Tensor:
+    """L1 total variation that ignores large steps: over the horizontal and vertical neighbour pairs
+    that are both inside mask [H, W], sum |d data|_1 (L1 over the C channels of data [C, H, W]) where
+    that step is < max_step, divided by the number of mask pixels. On a normal map, small steps
+    (noise and rounding within a face) are penalised and a crease's step (> max_step; a unit normal
+    turning by t radians moves by about t in L1 per pixel it is spread over) is left free, so faces
+    flatten without their edges being rounded. Zero when the mask is empty."""
+    m = mask.reshape(mask.shape[-2:]).to(data.dtype)
+    dx = (data[:, :, 1:] - data[:, :, :-1]).abs().sum(0) * (m[:, 1:] * m[:, :-1])
+    dy = (data[:, 1:, :] - data[:, :-1, :]).abs().sum(0) * (m[1:, :] * m[:-1, :])
+    dx = dx * (dx.detach() < max_step)
+    dy = dy * (dy.detach() < max_step)
+    return (dx.sum() + dy.sum()) / m.sum().clamp_min(1)
+
+
 @dataclass
 class Stage1LossWeights:
     """GS-IR stage-1 weights: 0.8 L1 + 0.2 D-SSIM + 1.0 normal consistency + 5.0 normal TV."""
@@ -92,6 +107,11 @@ class Stage1LossWeights:
     # 1/2 sum_ij w_i w_j (z_i - z_j)^2 (rasterize's distortion_map, scene units^2): blend weights
     # gather at one depth per pixel instead of spreading through semi-transparent layers
     lambda_distortion: float = 0.0
+    # lumenkit addition (0 = GS-IR): truncated_tv of the normal from the rendered depth (gradient to
+    # the geometry) inside the consistency mask, steps >= depth_normal_tv_max_step (creases) left free:
+    # faces become flat without their edges being rounded. Trains with the depth-normal term.
+    lambda_depth_normal_tv: float = 0.0
+    depth_normal_tv_max_step: float = 0.25
 
 
 def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, scales: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -115,6 +135,8 @@ def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, 
         terms["normal"] = normal_consistency_loss(render_pkg["normal_map"], render_pkg["normal_map_from_depth"], mask)
         if w.lambda_depth_normal > 0:
             terms["depth_normal"] = normal_consistency_loss(render_pkg["normal_map_from_depth_grad"], render_pkg["normal_map"].detach(), mask)
+        if w.lambda_depth_normal_tv > 0:
+            terms["depth_normal_tv"] = truncated_tv(render_pkg["normal_map_from_depth_grad"], mask, w.depth_normal_tv_max_step)
     if w.lambda_normal_tv > 0:
         n = render_pkg["normal_map"]
         if "opacity_map" in render_pkg and w.tv_opacity_weighted:
@@ -125,5 +147,6 @@ def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, 
     if w.lambda_flatten > 0:
         terms["flatten"] = scales.min(dim=1).values.mean()
     total = (terms["rgb"] + w.lambda_flatten * terms.get("flatten", 0.0) + w.lambda_normal * terms.get("normal", 0.0) + w.lambda_normal_tv * terms.get("normal_tv", 0.0)
-             + w.lambda_depth_normal * terms.get("depth_normal", 0.0) + w.lambda_distortion * terms.get("distortion", 0.0))
+             + w.lambda_depth_normal * terms.get("depth_normal", 0.0) + w.lambda_distortion * terms.get("distortion", 0.0)
+             + w.lambda_depth_normal_tv * terms.get("depth_normal_tv", 0.0))
     return total, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}

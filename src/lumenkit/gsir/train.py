@@ -60,7 +60,7 @@ class Stage1Config:
     # image border pixels
     depth_median: bool = True
     skip_border_normal_grad: bool = True
-    # the lumenkit depth-normal term (losses.lambda_depth_normal) starts here (of 30000, scaled). From the first
+    # the lumenkit depth-normal terms (losses.lambda_depth_normal and lambda_depth_normal_tv) start here (of 30000, scaled). From the first
     # iteration it inflates densification's view-space gradient statistic (measured: 3x the Gaussians, -10 dB);
     # the default starts after densification; 10000 (late in densification) adds 2% Gaussians and is 0.18 deg
     # better in BENCHMARKS gsir-ablation, which the benchmark uses
@@ -206,6 +206,7 @@ def training(
     cameras = [v.camera(device) for v in scene.train]
     # the loss weights with the late-starting terms (depth normal, distortion) switched on or off
     weights_by_phase = {(dn, dist): dataclasses.replace(run.losses, lambda_depth_normal=run.losses.lambda_depth_normal * dn,
+                                                       lambda_depth_normal_tv=run.losses.lambda_depth_normal_tv * dn,
                                                        lambda_distortion=run.losses.lambda_distortion * dist)
                         for dn in (False, True) for dist in (False, True)}
     ema_loss, ema_psnr, psnr_hist = None, None, []
@@ -225,7 +226,7 @@ def training(
             a = scene.train[idx].alpha.to(device)
             gt = gt + (1 - a) * (cur_bg - bg)[:, None, None]  # re-composite over the random colour
         need_dn = run.losses.lambda_normal > 0
-        dn_on = need_dn and run.losses.lambda_depth_normal > 0 and it >= run.depth_normal_from_iter
+        dn_on = need_dn and max(run.losses.lambda_depth_normal, run.losses.lambda_depth_normal_tv) > 0 and it >= run.depth_normal_from_iter
         dist_on = run.losses.lambda_distortion > 0 and it >= run.distortion_from_iter
         pkg = render(gaussians, cameras[idx], cur_bg, backend=run.backend, with_depth_normal=need_dn, depth_distortion=dist_on,
                      depth_median=run.depth_median, skip_border_normal_grad=run.skip_border_normal_grad, depth_normal_grad=dn_on,
