@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--geo_lambda_distortion", type=float, default=1.0, help="depth distortion weight of the gsir_geo method (0 = off)")
     ap.add_argument("--geo_distortion_from_iter", type=int, default=15_000,
                     help="first iteration of the gsir_geo distortion term, of 30000 (scaled; 15000 = after densification)")
-    ap.add_argument("--geo_lambda_depth_normal_tv", type=float, default=0.05,
+    ap.add_argument("--geo_lambda_depth_normal_tv", type=float, default=0.02,
                     help="truncated L1 TV of the depth normal (moves the geometry) of the gsir_geo method (0 = off)")
     ap.add_argument("--geo_depth_normal_tv_max_step", type=float, default=0.25,
                     help="largest neighbour step of the depth normal (L1 of the unit-normal difference) that the TV smooths")
