@@ -118,7 +118,8 @@ def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, 
     """Total stage-1 loss and its terms. render_pkg needs render, normal_map (unit), and for the
     normal terms normal_map_from_depth, normal_from_depth_mask; optional normal_map_raw (the blended,
     opacity-weighted normals) and opacity_map (see pipeline.render); distortion_map when
-    lambda_distortion > 0 (render with depth_distortion=True).
+    lambda_distortion > 0 (render with depth_distortion=True); normal_map_from_depth_grad when
+    lambda_depth_normal or lambda_depth_normal_tv > 0 (render with depth_normal_grad=True).
 
     scales: the Gaussians' activated scales [N, 3], needed when lambda_flatten > 0.
 
