@@ -1,11 +1,13 @@
 """The Gaussian rasterizer: C++ CPU backend vs plain-torch reference (values and gradients), float64
 gradcheck, a single Gaussian against its closed-form footprint, early termination, culling, SH."""
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from lumenkit.gsir.rasterize import Camera, load_extension, project_gaussians, rasterize
+from lumenkit.gsir.rasterize import Camera, extension_dir, load_extension, project_gaussians, rasterize
 from lumenkit.gsir.sh import rgb_to_sh0, sh_to_color
 
 MAPS = ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "roughness_map", "metallic_map")
@@ -14,6 +16,20 @@ MAPS = ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "rough
 @pytest.fixture(scope="module")
 def ext():
     return load_extension()  # built once per session (cached on disk afterwards)
+
+
+def test_extension_loads_past_a_stale_build_lock(ext):
+    """A build killed midway leaves torch's lock file behind; the next load must not wait on it forever."""
+    stale = extension_dir() / "lock"
+    stale.touch()
+    code = "from lumenkit.gsir.rasterize import load_extension; load_extension(); print('loaded')"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        stale.unlink(missing_ok=True)
+        pytest.fail("load_extension() hung on a stale torch build lock")
+    assert out.returncode == 0 and out.stdout.strip() == "loaded", out.stderr[-2000:]
+    assert not stale.exists()
 
 
 def front_camera(width, height, dist=4.0, fov_deg=40.0, dtype=torch.float32):

@@ -35,6 +35,7 @@ Depth is view-space z in scene units.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import math
 import os
@@ -319,9 +320,15 @@ _EXT = None
 
 
 def extension_dir() -> Path:
-    """Build/cache folder of the C++ extension: $LUMENKIT_EXT_DIR or ~/.cache/lumenkit/torch_extensions."""
+    """Build/cache folder of the C++ extension: $LUMENKIT_EXT_DIR or ~/.cache/lumenkit/torch_extensions,
+    one subfolder per torch version and source folder (two checkouts sharing one folder would make
+    ninja rebuild on every switch, as the sources' paths differ)."""
     root = os.environ.get("LUMENKIT_EXT_DIR") or str(Path.home() / ".cache" / "lumenkit" / "torch_extensions")
-    return Path(root) / f"gsir_cpu_torch{torch.__version__.replace('+', '_')}"
+    source_key = hashlib.sha1(str(_CSRC.resolve()).encode()).hexdigest()[:8]
+    return Path(root) / f"gsir_cpu_torch{torch.__version__.replace('+', '_')}_{source_key}"
+
+
+_CSRC = Path(__file__).parent / "csrc"
 
 
 def load_extension():
@@ -333,19 +340,24 @@ def load_extension():
 
         build_dir = extension_dir()
         build_dir.mkdir(parents=True, exist_ok=True)
-        csrc = Path(__file__).parent / "csrc"
         # rasterize_cpu.cpp #includes the other sources: hash them all so any edit triggers a rebuild
-        digest = hashlib.sha1(b"".join(f.read_bytes() for f in sorted(csrc.glob("*.cpp")))).hexdigest()[:12]
+        digest = hashlib.sha1(b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.cpp")))).hexdigest()[:12]
         if not any(build_dir.glob("lumenkit_gsir_cpu*.so")):
             print(f"lumenkit.gsir: building the C++ rasterizer in {build_dir} (first use, about a minute)", file=sys.stderr)
-        _EXT = load(
-            name="lumenkit_gsir_cpu",
-            sources=[str(csrc / "rasterize_cpu.cpp")],
-            extra_cflags=["-O3", "-fopenmp", f"-DLUMENKIT_CSRC_HASH={digest}"],
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir),
-            verbose=False,
-        )
+        with open(build_dir / "lumenkit.flock", "w") as flock:
+            # torch's own build lock is a plain file that a killed build leaves behind, after which every
+            # later load waits forever. An flock is dropped by the kernel when its process dies: holding it,
+            # no other lumenkit process is building here, so a leftover torch lock file is stale.
+            fcntl.flock(flock, fcntl.LOCK_EX)
+            (build_dir / "lock").unlink(missing_ok=True)
+            _EXT = load(
+                name="lumenkit_gsir_cpu",
+                sources=[str(_CSRC / "rasterize_cpu.cpp")],
+                extra_cflags=["-O3", "-fopenmp", f"-DLUMENKIT_CSRC_HASH={digest}"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                verbose=False,
+            )
     return _EXT
 
 
