@@ -76,7 +76,8 @@ def geo_settings(args) -> tuple[dict, dict]:
     the --depth_normal weight and the boolean LUMENKIT_FLAGS."""
     losses = {"lambda_normal": args.geo_lambda_normal, "lambda_normal_tv": args.normal_tv if args.geo_normal_tv is None else args.geo_normal_tv,
               "lambda_depth_normal": args.depth_normal, "lambda_distortion": args.geo_lambda_distortion,
-              "lambda_depth_normal_tv": args.geo_lambda_depth_normal_tv, "depth_normal_tv_max_step": args.geo_depth_normal_tv_max_step}
+              "lambda_depth_normal_tv": args.geo_lambda_depth_normal_tv, "depth_normal_tv_max_step": args.geo_depth_normal_tv_max_step,
+              "depth_normal_tv_order": args.geo_depth_normal_tv_order}
     fields = {LUMENKIT_FLAGS[f][0]: LUMENKIT_FLAGS[f][1] for f in LUMENKIT_FLAGS if getattr(args, f)}
     fields.update(densify_grad_threshold=args.geo_densify_grad_threshold, depth_normal_from_iter=args.geo_depth_normal_from_iter,
                   distortion_from_iter=args.geo_distortion_from_iter)
@@ -95,7 +96,8 @@ def geo_extras(args) -> list[str]:
     if args.geo_lambda_distortion > 0:
         extras.append(f"depth distortion {args.geo_lambda_distortion:g}")
     if args.geo_lambda_depth_normal_tv > 0:
-        extras.append(f"depth-normal TV {args.geo_lambda_depth_normal_tv:g} (steps < {args.geo_depth_normal_tv_max_step:g})")
+        order = "second-order " if args.geo_depth_normal_tv_order == 2 else ""
+        extras.append(f"{order}depth-normal TV {args.geo_lambda_depth_normal_tv:g} (steps < {args.geo_depth_normal_tv_max_step:g})")
     return extras
 
 
@@ -158,6 +160,8 @@ def main() -> None:
                     help="truncated L1 TV of the depth normal (moves the geometry) of the gsir_geo method (0 = off)")
     ap.add_argument("--geo_depth_normal_tv_max_step", type=float, default=0.25,
                     help="largest neighbour step of the depth normal (L1 of the unit-normal difference) that the TV smooths")
+    ap.add_argument("--geo_depth_normal_tv_order", type=int, default=2, choices=(1, 2),
+                    help="difference the depth-normal TV penalises: 1 (first; flattens faces, facets curved ones) or 2 (second; spares curved faces)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--load_note", default="", help="what else was running on the machine (printed in the section text)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -263,10 +267,15 @@ def main() -> None:
                 "second difference of depth (GS-IR: the smaller depth step), so that at a crease it stays on the pixel's own face"),
                (args.geo_lambda_distortion > 0, f"{args.geo_lambda_distortion:g} x 2DGS's depth distortion (mean over pixels of "
                 f"1/2 sum_ij w_i w_j (z_i - z_j)^2, centre depths in scene units) from iteration {sc_geo.distortion_from_iter}"),
-               (args.geo_lambda_depth_normal_tv > 0, f"{args.geo_lambda_depth_normal_tv:g} x an L1 TV of the depth normal (with its "
-                "gradient to the geometry, inside the consistency mask, with the geometry term) that leaves out neighbour steps of "
-                f"{args.geo_depth_normal_tv_max_step:g} or more (L1 of the unit-normal difference; a turn of 10 to 14 deg per pixel): faces flatten, "
-                "creases stay sharp (losses.truncated_tv)"),
+               (args.geo_lambda_depth_normal_tv > 0 and args.geo_depth_normal_tv_order == 1, f"{args.geo_lambda_depth_normal_tv:g} x an L1 TV "
+                "of the depth normal (with its gradient to the geometry, inside the consistency mask, with the geometry term) that leaves "
+                f"out neighbour steps of {args.geo_depth_normal_tv_max_step:g} or more (L1 of the unit-normal difference; a turn of 10 to 14 "
+                "deg per pixel): faces flatten, creases stay sharp (losses.truncated_tv)"),
+               (args.geo_lambda_depth_normal_tv > 0 and args.geo_depth_normal_tv_order == 2, f"{args.geo_lambda_depth_normal_tv:g} x an L1 "
+                "TV of the second difference n(x+1) - 2 n(x) + n(x-1) of the depth normal (with its gradient to the geometry, inside the "
+                f"consistency mask, with the geometry term) that leaves out values of {args.geo_depth_normal_tv_max_step:g} or more: "
+                "zero on flat faces and on steadily curved ones, so faces flatten and the ball stays round, creases stay sharp "
+                "(losses.truncated_tv(order=2))"),
            ) if on]) if geo_options else "")
            + ". " if "gsir_geo" in tags else "")
         + 

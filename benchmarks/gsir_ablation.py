@@ -46,8 +46,10 @@ ROWS = [
     ("+ normal TV 0.1", {"lambda_normal_tv": 0.1}),
     ("+ depth distortion 1 from iteration 15000 of 30000", {"lambda_distortion": 1.0, "distortion_from_iter": 15_000}),
     ("+ depth-normal TV 0.02, steps < 0.25 (creases free)", {"lambda_depth_normal_tv": 0.02, "depth_normal_tv_max_step": 0.25}),
+    ("+ that TV on the second difference (curved faces free)", {"depth_normal_tv_order": 2}),
 ]
-LOSS_WEIGHTS = ("lambda_normal_tv", "lambda_depth_normal", "lambda_normal", "lambda_distortion", "lambda_depth_normal_tv", "depth_normal_tv_max_step")
+LOSS_WEIGHTS = ("lambda_normal_tv", "lambda_depth_normal", "lambda_normal", "lambda_distortion", "lambda_depth_normal_tv", "depth_normal_tv_max_step",
+                "depth_normal_tv_order")
 
 
 def row_config(index: int, iterations: int, num_points: int, normal_tv: float) -> Stage1Config:

@@ -144,6 +144,8 @@ def test_cli_end_to_end_and_errors(tiny_scene, tmp_path, capsys):
     assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--sh_degree", "7"]) == 2
     assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--depth_normal_tv_max_step", "0"]) == 2
     assert "--depth_normal_tv_max_step 0.0: must be > 0" in capsys.readouterr().err
+    assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--depth_normal_tv_order", "3"]) == 2
+    assert "--depth_normal_tv_order" in capsys.readouterr().err
     assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--iterations", "10", "--start_checkpoint", str(m / "chkpnt20.pth")]) == 2
     assert "nothing to do" in capsys.readouterr().err
     assert _run(["gsir", "render", "-m", str(tmp_path / "empty"), "-s", str(tiny_scene)]) == 2
@@ -163,7 +165,7 @@ def test_cli_loss_flag_defaults_match_the_config():
     args = build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s"])
     got, ref = config_from_args(args).losses, Stage1LossWeights()
     for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten", "lambda_distortion",
-                 "lambda_depth_normal_tv", "depth_normal_tv_max_step"):
+                 "lambda_depth_normal_tv", "depth_normal_tv_max_step", "depth_normal_tv_order"):
         assert getattr(got, name) == getattr(ref, name), name
     assert config_from_args(args).depth_normal_from_iter == Stage1Config().depth_normal_from_iter
     assert config_from_args(args).distortion_from_iter == Stage1Config().distortion_from_iter
@@ -175,3 +177,5 @@ def test_cli_loss_flag_defaults_match_the_config():
                                                            "--planar_depth", "--crease_aware_depth_normal"]))
     assert lumenkit.depth_median is False and lumenkit.cull_backfacing_normals is True and lumenkit.planar_depth is True
     assert lumenkit.crease_aware_depth_normal is True
+    order2 = config_from_args(build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s", "--depth_normal_tv_order", "2"]))
+    assert order2.losses.depth_normal_tv_order == 2

@@ -59,6 +59,9 @@ def register(subparsers) -> None:
                         "(creases) left free; faces flatten without rounding their edges (0 = GS-IR)")
     t.add_argument("--depth_normal_tv_max_step", type=float, default=0.25,
                    help="largest neighbour step (L1 of the unit-normal difference) the depth-normal TV smooths")
+    t.add_argument("--depth_normal_tv_order", type=int, default=1, choices=(1, 2),
+                   help="depth-normal TV of the first difference (1: faces flatten, curved surfaces facet a little) "
+                        "or the second (2: zero on a steadily turning normal, so curved surfaces are spared)")
     t.add_argument("--depth_normal_from_iter", type=int, default=15_000,
                    help="iteration the depth-normal terms start (of 30000; scaled with --schedule auto)")
     t.add_argument("--lambda_flatten", type=float, default=0.0, help="lumenkit addition: mean smallest Gaussian scale (0 = GS-IR)")
@@ -158,7 +161,7 @@ def config_from_args(args) -> "object":
         losses=Stage1LossWeights(lambda_dssim=args.lambda_dssim, lambda_normal=args.lambda_normal, lambda_normal_tv=args.normal_tv,
                                  lambda_depth_normal=args.lambda_depth_normal, lambda_flatten=args.lambda_flatten,
                                  lambda_distortion=args.lambda_distortion, lambda_depth_normal_tv=args.lambda_depth_normal_tv,
-                                 depth_normal_tv_max_step=args.depth_normal_tv_max_step),
+                                 depth_normal_tv_max_step=args.depth_normal_tv_max_step, depth_normal_tv_order=args.depth_normal_tv_order),
         optim=optim, schedule=args.schedule, seed=args.seed, backend=args.backend,
         test_iterations=list(args.test_iterations), checkpoint_iterations=list(args.checkpoint_iterations),
     )

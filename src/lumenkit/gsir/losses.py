@@ -70,16 +70,27 @@ def edge_aware_tv(data: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return (dy * wy).mean() + (dx * wx).mean()
 
 
-def truncated_tv(data: torch.Tensor, mask: torch.Tensor, max_step: float) -> torch.Tensor:
-    """L1 total variation that ignores large steps: over the horizontal and vertical neighbour pairs
-    that are both inside mask [H, W], sum |d data|_1 (L1 over the C channels of data [C, H, W]) where
-    that step is < max_step, divided by the number of mask pixels. On a normal map, small steps
-    (noise and rounding within a face) are penalised and a crease's step (> max_step; a unit normal
-    turning by t radians moves by about t in L1 per pixel it is spread over) is left free, so faces
-    flatten without their edges being rounded. Zero when the mask is empty."""
+def truncated_tv(data: torch.Tensor, mask: torch.Tensor, max_step: float, order: int = 1) -> torch.Tensor:
+    """L1 total variation that ignores large steps: over the horizontal and vertical runs of order + 1
+    neighbours that are all inside mask [H, W], sum the L1 (over the C channels of data [C, H, W]) of
+    the order-th difference (order 1: d(x+1) - d(x); order 2: d(x+1) - 2 d(x) + d(x-1)) where it is
+    < max_step, divided by the number of mask pixels. Zero when the mask is empty.
+
+    On a normal map, small differences (noise and rounding within a face) are penalised and a
+    crease's (> max_step; a unit normal turning by t radians moves by about t in L1 per pixel it is
+    spread over) is left free, so faces flatten without their edges being rounded. Order 1 is zero
+    only on a constant normal, so it also pulls a curved surface (whose normal turns steadily)
+    towards facets; order 2 is zero on any normal that changes linearly across the image, so a
+    sphere or a cylinder is left alone while noise is still smoothed."""
+    if order not in (1, 2):
+        raise ValueError(f"truncated_tv order {order}: expected 1 or 2")
     m = mask.reshape(mask.shape[-2:]).to(data.dtype)
-    dx = (data[:, :, 1:] - data[:, :, :-1]).abs().sum(0) * (m[:, 1:] * m[:, :-1])
-    dy = (data[:, 1:, :] - data[:, :-1, :]).abs().sum(0) * (m[1:, :] * m[:-1, :])
+    if order == 1:
+        dx = (data[:, :, 1:] - data[:, :, :-1]).abs().sum(0) * (m[:, 1:] * m[:, :-1])
+        dy = (data[:, 1:, :] - data[:, :-1, :]).abs().sum(0) * (m[1:, :] * m[:-1, :])
+    else:
+        dx = (data[:, :, 2:] - 2 * data[:, :, 1:-1] + data[:, :, :-2]).abs().sum(0) * (m[:, 2:] * m[:, 1:-1] * m[:, :-2])
+        dy = (data[:, 2:, :] - 2 * data[:, 1:-1, :] + data[:, :-2, :]).abs().sum(0) * (m[2:, :] * m[1:-1, :] * m[:-2, :])
     dx = dx * (dx.detach() < max_step)
     dy = dy * (dy.detach() < max_step)
     return (dx.sum() + dy.sum()) / m.sum().clamp_min(1)
@@ -110,8 +121,10 @@ class Stage1LossWeights:
     # lumenkit addition (0 = GS-IR): truncated_tv of the normal from the rendered depth (gradient to
     # the geometry) inside the consistency mask, steps >= depth_normal_tv_max_step (creases) left free:
     # faces become flat without their edges being rounded. Trains with the depth-normal term.
+    # Order 2 penalises the second difference instead, which is zero on curved surfaces too.
     lambda_depth_normal_tv: float = 0.0
     depth_normal_tv_max_step: float = 0.25
+    depth_normal_tv_order: int = 1
 
 
 def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, scales: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -137,7 +150,8 @@ def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, 
         if w.lambda_depth_normal > 0:
             terms["depth_normal"] = normal_consistency_loss(render_pkg["normal_map_from_depth_grad"], render_pkg["normal_map"].detach(), mask)
         if w.lambda_depth_normal_tv > 0:
-            terms["depth_normal_tv"] = truncated_tv(render_pkg["normal_map_from_depth_grad"], mask, w.depth_normal_tv_max_step)
+            terms["depth_normal_tv"] = truncated_tv(render_pkg["normal_map_from_depth_grad"], mask, w.depth_normal_tv_max_step,
+                                                     w.depth_normal_tv_order)
     if w.lambda_normal_tv > 0:
         n = render_pkg["normal_map"]
         if "opacity_map" in render_pkg and w.tv_opacity_weighted:
