@@ -350,7 +350,7 @@ def run_clip(out: str | Path, cfg: ClipConfig | None = None, device: str | torch
     acc = clip_retrieval_accuracy(clip, tok, device, seed=cfg.seed + 999)
     summary = _stage_summary("clip", res, cfg)
     summary["retrieval_top1"] = acc
-    summary["logit_scale"] = float(clip.logit_scale.exp())
+    summary["logit_scale"] = clip.logit_scale.detach().exp().item()
     return summary
 
 
