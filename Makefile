@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lumenkit-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench venv clean
+.PHONY: demo test test-all bench bench-cuda venv clean
 
 venv: $(STAMP)
 
@@ -26,8 +26,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
+# gsir_cuda.py needs a GPU and gsplat: `make bench-cuda` on such a machine.
 bench: $(STAMP)
-	set -e; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f; done
+	set -e; for f in $(filter-out benchmarks/gsir_cuda.py,$(wildcard benchmarks/*.py)); do echo "== $$f"; $(PY) $$f; done
+
+bench-cuda: $(STAMP)
+	$(PY) benchmarks/gsir_cuda.py --write
 
 clean:
 	rm -rf $(VENV) outputs build .pytest_cache

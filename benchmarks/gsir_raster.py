@@ -63,24 +63,34 @@ def bench_camera(size: int) -> Camera:
 
 
 def time_frame(scene: dict, camera: Camera, backend: str, repeat: int = 3) -> dict:
-    """Median forward / backward wall ms and CPU ms of a full rasterize call and its backward."""
+    """Median forward / backward wall ms and CPU ms of a full rasterize call and its backward.
+
+    The scene's device decides where it runs; on a GPU each phase ends with a synchronize, so the
+    wall times are the kernels' and not just their launches.
+    """
+    device = scene["means"].device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     params = {k: v.clone().requires_grad_() for k, v in scene.items()}
     g = torch.Generator().manual_seed(1)
+    bg = torch.ones(3, device=device)
     weights = None
     runs = []
     for it in range(repeat + 1):
         for p in params.values():
             p.grad = None
+        sync()
         w0, c0 = time.perf_counter(), time.process_time()
         out = rasterize(params["means"], params["quats"], params["scales"], params["opacities"], camera, sh=params["sh"],
                         normals=params["normals"], albedo=params["albedo"], roughness=params["roughness"],
-                        metallic=params["metallic"], bg=torch.ones(3), backend=backend)
+                        metallic=params["metallic"], bg=bg, backend=backend)
         maps = [out[k] for k in ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "roughness_map", "metallic_map")]
         if weights is None:
-            weights = [torch.randn(m.shape, generator=g) for m in maps]
+            weights = [torch.randn(m.shape, generator=g).to(device) for m in maps]
         loss = sum((m * w).sum() for m, w in zip(maps, weights))
+        sync()
         w1, c1 = time.perf_counter(), time.process_time()
         loss.backward()
+        sync()
         w2, c2 = time.perf_counter(), time.process_time()
         if it > 0:  # the first run is a warm-up
             runs.append((w1 - w0, w2 - w1, (c1 - c0) + (c2 - c1)))

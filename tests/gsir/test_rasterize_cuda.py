@@ -120,3 +120,55 @@ def test_cuda_matches_cpu(planar_depth):
         a, b = p_cpu[k].grad, p_cu[k].grad.cpu()
         rel = (a - b).norm() / a.norm()
         assert rel < 1e-2, (k, rel.item())
+
+
+def _gsir_cuda_benchmark():
+    """benchmarks/gsir_cuda.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gsir_cuda.py"
+    spec = importlib.util.spec_from_file_location("gsir_cuda_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_benchmark_comparison_with_stand_in_gsplat(monkeypatch):
+    """benchmarks/gsir_cuda.py's comparison, run on CPU tensors through the stand-in gsplat: the glue
+    matches the C++ backend, and a gsplat that loses one Gaussian's tile entries is caught."""
+    bench = _gsir_cuda_benchmark()
+    load_extension()
+    scene_, cam = bench.object_scene(400, seed=3), bench.bench_camera(32)
+    monkeypatch.setitem(sys.modules, "gsplat", fake_gsplat(radii_2d=True))
+    good = bench.backend_differences(scene_, cam, "cpu")
+    assert set(good["maps"]) == set(bench.MAPS)
+    assert all(m["max_abs"] < 1e-5 and m["frac_over_tol"] == 0.0 for m in good["maps"].values()), good["maps"]
+    assert all(err < 1e-4 for err in good["grads"].values()), good["grads"]
+
+    lossy = fake_gsplat(radii_2d=True)
+    isect = lossy.isect_tiles
+
+    def isect_dropping_the_front_gaussian(*args, **kw):
+        a, order, _ = isect(*args, **kw)
+        return a, order[1:], order[1:]
+
+    lossy.isect_tiles = isect_dropping_the_front_gaussian
+    monkeypatch.setitem(sys.modules, "gsplat", lossy)
+    bad = bench.backend_differences(scene_, cam, "cpu")
+    assert max(m["max_abs"] for m in bad["maps"].values()) > 1e-2
+    assert max(m["frac_over_tol"] for m in bad["maps"].values()) > 0
+    assert bad["grads"]["means"] > 1e-3
+
+
+def test_cuda_benchmark_without_gpu_exits_2():
+    import subprocess
+    from pathlib import Path
+
+    bench = _gsir_cuda_benchmark()
+    if bench.missing_requirement() is None:
+        pytest.skip("this machine has a GPU and gsplat")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gsir_cuda.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"benchmarks/gsir_cuda.py: {bench.missing_requirement()}"
