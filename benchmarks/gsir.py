@@ -267,15 +267,15 @@ def main() -> None:
                 "second difference of depth (GS-IR: the smaller depth step), so that at a crease it stays on the pixel's own face"),
                (args.geo_lambda_distortion > 0, f"{args.geo_lambda_distortion:g} x 2DGS's depth distortion (mean over pixels of "
                 f"1/2 sum_ij w_i w_j (z_i - z_j)^2, centre depths in scene units) from iteration {sc_geo.distortion_from_iter}"),
-               (args.geo_lambda_depth_normal_tv > 0 and args.geo_depth_normal_tv_order == 1, f"{args.geo_lambda_depth_normal_tv:g} x an L1 TV "
-                "of the depth normal (with its gradient to the geometry, inside the consistency mask, with the geometry term) that leaves "
-                f"out neighbour steps of {args.geo_depth_normal_tv_max_step:g} or more (L1 of the unit-normal difference; a turn of 10 to 14 "
-                "deg per pixel): faces flatten, creases stay sharp (losses.truncated_tv)"),
-               (args.geo_lambda_depth_normal_tv > 0 and args.geo_depth_normal_tv_order == 2, f"{args.geo_lambda_depth_normal_tv:g} x an L1 "
-                "TV of the second difference n(x+1) - 2 n(x) + n(x-1) of the depth normal (with its gradient to the geometry, inside the "
-                f"consistency mask, with the geometry term) that leaves out values of {args.geo_depth_normal_tv_max_step:g} or more: "
-                "zero on flat faces and on steadily curved ones, so faces flatten and the ball stays round, creases stay sharp "
-                "(losses.truncated_tv(order=2))"),
+               (args.geo_lambda_depth_normal_tv > 0, f"{args.geo_lambda_depth_normal_tv:g} x an L1 TV of "
+                + ("the depth normal" if args.geo_depth_normal_tv_order == 1 else
+                   "the second difference n(x+1) - 2 n(x) + n(x-1) of the depth normal")
+                + " (with its gradient to the geometry, inside the consistency mask, with the geometry term) that leaves out "
+                + (f"neighbour steps of {args.geo_depth_normal_tv_max_step:g} or more (L1 of the unit-normal difference; a turn "
+                   "of 10 to 14 deg per pixel): faces flatten, creases stay sharp (losses.truncated_tv)"
+                   if args.geo_depth_normal_tv_order == 1 else
+                   f"values of {args.geo_depth_normal_tv_max_step:g} or more: zero on flat faces and on steadily curved ones, "
+                   "so faces flatten and the ball stays round, creases stay sharp (losses.truncated_tv(order=2))")),
            ) if on]) if geo_options else "")
            + ". " if "gsir_geo" in tags else "")
         + 

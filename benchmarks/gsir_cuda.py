@@ -34,11 +34,10 @@ import sys  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gsir_raster import bench_camera, object_scene, time_frame  # noqa: E402
+from gsir_raster import MAPS, bench_camera, object_scene, render_maps, time_frame  # noqa: E402
 
-from lumenkit.gsir.rasterize import Camera, load_extension, rasterize  # noqa: E402
+from lumenkit.gsir.rasterize import Camera, load_extension  # noqa: E402
 
-MAPS = ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "roughness_map", "metallic_map")
 IMAGE_TOL = 1e-4
 
 
@@ -46,9 +45,7 @@ def render_with_grads(scene: dict, camera: Camera, backend: str, seed: int = 0) 
     """All maps (on the CPU) and the gradients (on the CPU) of sum_k <w_k, map_k> for random w_k."""
     device = scene["means"].device
     params = {k: v.clone().requires_grad_() for k, v in scene.items()}
-    out = rasterize(params["means"], params["quats"], params["scales"], params["opacities"], camera, sh=params["sh"],
-                    normals=params["normals"], albedo=params["albedo"], roughness=params["roughness"],
-                    metallic=params["metallic"], bg=torch.ones(3, device=device), backend=backend)
+    out = dict(zip(MAPS, render_maps(params, camera, backend, torch.ones(3, device=device))))
     g = torch.Generator().manual_seed(seed)
     weights = [torch.randn(out[k].shape, generator=g, dtype=out[k].dtype).to(device) for k in MAPS]
     sum((out[k] * w).sum() for k, w in zip(MAPS, weights)).backward()

@@ -62,6 +62,17 @@ def bench_camera(size: int) -> Camera:
     return Camera.from_fov(c2w, math.radians(40.0), size, size)
 
 
+MAPS = ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "roughness_map", "metallic_map")
+
+
+def render_maps(params: dict, camera: Camera, backend: str, bg: torch.Tensor) -> list[torch.Tensor]:
+    """The MAPS of one rasterize call on an `object_scene` dict (degree-3 SH colour, every attribute)."""
+    out = rasterize(params["means"], params["quats"], params["scales"], params["opacities"], camera, sh=params["sh"],
+                    normals=params["normals"], albedo=params["albedo"], roughness=params["roughness"],
+                    metallic=params["metallic"], bg=bg, backend=backend)
+    return [out[k] for k in MAPS]
+
+
 def time_frame(scene: dict, camera: Camera, backend: str, repeat: int = 3) -> dict:
     """Median forward / backward wall ms and CPU ms of a full rasterize call and its backward.
 
@@ -80,10 +91,7 @@ def time_frame(scene: dict, camera: Camera, backend: str, repeat: int = 3) -> di
             p.grad = None
         sync()
         w0, c0 = time.perf_counter(), time.process_time()
-        out = rasterize(params["means"], params["quats"], params["scales"], params["opacities"], camera, sh=params["sh"],
-                        normals=params["normals"], albedo=params["albedo"], roughness=params["roughness"],
-                        metallic=params["metallic"], bg=bg, backend=backend)
-        maps = [out[k] for k in ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "roughness_map", "metallic_map")]
+        maps = render_maps(params, camera, backend, bg)
         if weights is None:
             weights = [torch.randn(m.shape, generator=g).to(device) for m in maps]
         loss = sum((m * w).sum() for m, w in zip(maps, weights))

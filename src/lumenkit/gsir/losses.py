@@ -85,12 +85,9 @@ def truncated_tv(data: torch.Tensor, mask: torch.Tensor, max_step: float, order:
     if order not in (1, 2):
         raise ValueError(f"truncated_tv order {order}: expected 1 or 2")
     m = mask.reshape(mask.shape[-2:]).to(data.dtype)
-    if order == 1:
-        dx = (data[:, :, 1:] - data[:, :, :-1]).abs().sum(0) * (m[:, 1:] * m[:, :-1])
-        dy = (data[:, 1:, :] - data[:, :-1, :]).abs().sum(0) * (m[1:, :] * m[:-1, :])
-    else:
-        dx = (data[:, :, 2:] - 2 * data[:, :, 1:-1] + data[:, :, :-2]).abs().sum(0) * (m[:, 2:] * m[:, 1:-1] * m[:, :-2])
-        dy = (data[:, 2:, :] - 2 * data[:, 1:-1, :] + data[:, :-2, :]).abs().sum(0) * (m[2:, :] * m[1:-1, :] * m[:-2, :])
+    # order-th difference along x / y, kept where all order + 1 pixels of its run are in the mask
+    dx = torch.diff(data, n=order, dim=2).abs().sum(0) * m.unfold(1, order + 1, 1).prod(-1)
+    dy = torch.diff(data, n=order, dim=1).abs().sum(0) * m.unfold(0, order + 1, 1).prod(-1)
     dx = dx * (dx.detach() < max_step)
     dy = dy * (dy.detach() < max_step)
     return (dx.sum() + dy.sum()) / m.sum().clamp_min(1)

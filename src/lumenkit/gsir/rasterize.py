@@ -317,6 +317,7 @@ def blend_reference(means2d: Tensor, conics: Tensor, opacities: Tensor, channels
 
 
 _EXT = None
+_CSRC = Path(__file__).parent / "csrc"
 
 
 def extension_dir() -> Path:
@@ -327,8 +328,6 @@ def extension_dir() -> Path:
     source_key = hashlib.sha1(str(_CSRC.resolve()).encode()).hexdigest()[:8]
     return Path(root) / f"gsir_cpu_torch{torch.__version__.replace('+', '_')}_{source_key}"
 
-
-_CSRC = Path(__file__).parent / "csrc"
 
 
 def load_extension():
