@@ -2,13 +2,17 @@
 
 Each system package may have a `cli.py` with `register(subparsers)` (adds `lumenkit <system>` and its
 verbs; each verb sets `func=callable(args)`) and optionally `demo_section(outdir, device) -> html`.
-User mistakes raise LumenkitError, printed here as one line with exit code 2.
+User mistakes -- LumenkitError, and the ValueError / FileNotFoundError / OSError / JSON errors that
+config validation and file reading raise -- are printed here as one line with exit code 2; a traceback
+only for real bugs, or for everything with `--debug`.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+import traceback
 from types import ModuleType
 
 from lumenkit import SYSTEMS, __version__
@@ -36,6 +40,7 @@ def system_cli(name: str) -> ModuleType | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = LumenkitArgumentParser(prog="lumenkit", description="Computational image and video synthesis.")
     parser.add_argument("--version", action="version", version=f"lumenkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="system", metavar="<system>", required=True)
     from lumenkit import demo
 
@@ -47,21 +52,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's mistake raises: bad values (config validation), missing or unreadable files, bad JSON.
+USER_ERRORS = (LumenkitError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               OSError, json.JSONDecodeError, UnicodeDecodeError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line: its message (first line), naming the file for OSErrors."""
+    if isinstance(exc, OSError) and not isinstance(exc, LumenkitError) and exc.filename is not None:
+        msg = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        msg = str(exc).strip() or type(exc).__name__
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    return "; ".join(lines[:3]) if lines else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
-        parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])
+        parser.parse_args([*argv, "--help"])
         return
     try:
         rc = func(args)
-    except LumenkitError as exc:
-        print(f"lumenkit: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("lumenkit: interrupted (checkpoints and finished outputs are kept; re-run to resume)", file=sys.stderr)
         sys.exit(130)
+    except USER_ERRORS as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"lumenkit: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(int(rc or 0))
 
 
