@@ -96,3 +96,38 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `path`; on success it replaces `path` (an existing folder is
+    moved aside first and removed only after the new one is in place). On error `path` is untouched.
+
+        with atomic_dir(out / "unet") as tmp:
+            unet.save_pretrained(tmp, safe_serialization=True)
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_pretrained_atomic(model, path: str | os.PathLike, **kwargs) -> Path:
+    """model.save_pretrained(path) (diffusers / transformers) through a temporary folder and a rename."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, **{"safe_serialization": True, **kwargs})
+    return Path(path)
