@@ -6,81 +6,36 @@ import argparse
 import json
 from pathlib import Path
 
-from lumenkit.common.errors import LumenkitError
+from lumenkit.common.config import add_config_arguments, config_from_args
+from lumenkit.common.device import add_device_arg
 
-SAMPLER_CHOICES = ("ddim", "ddpm", "plms", "euler_a")
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise LumenkitError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-    if not vals:
-        raise LumenkitError(f"{flag}: empty list")
-    return vals
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise LumenkitError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-
-
-def _add_schedule_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schedule", default="sqrt_linear", help="beta schedule: linear (CompVis sqrt-space, SD), sqrt_linear (DDPM paper), cosine, sqrt")
-    p.add_argument("--timesteps", type=int, default=1000, dest="num_timesteps", help="training timesteps T")
-    p.add_argument("--linear-start", type=float, default=1e-4)
-    p.add_argument("--linear-end", type=float, default=2e-2)
-    p.add_argument("--discretize", default="uniform", choices=("uniform", "quad"), help="DDIM timestep discretization")
-    p.add_argument("--spacing", default="compvis", choices=("compvis", "leading"), help="uniform spacing: CompVis range(0,T,T//S)+1 or diffusers 'leading'")
+# flags of the toy's config that `evaluate` sets per cell itself
+_PER_CELL = ("sampler", "steps", "eta", "n", "seed")
 
 
 def register(subparsers) -> None:
+    from lumenkit.diffusion.evaluate import EvalConfig
+    from lumenkit.diffusion.pipeline import TimestepsConfig, ToyConfig
+
     p = subparsers.add_parser("diffusion", help="DDPM/DDIM/PLMS/Euler-a samplers on a Gaussian-mixture toy with an exact oracle")
     verbs = p.add_subparsers(dest="verb", required=True)
 
     t = verbs.add_parser("toy", help="sample the 2-D Gaussian mixture with its exact eps-predictor; scatter plot + metrics JSON")
-    t.add_argument("--sampler", default="ddim", choices=SAMPLER_CHOICES)
-    t.add_argument("--steps", type=int, default=20, help="sampling steps S")
-    t.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0) / Euler-a eta (default 1)")
-    t.add_argument("--n", type=int, default=4000, help="number of samples")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--parameterization", default="eps", choices=("eps", "x0", "v"), help="what the oracle model outputs")
-    t.add_argument("--dtype", default="float64", choices=("float32", "float64"))
-    t.add_argument("--out", default="outputs/diffusion_toy", help="output folder")
-    _add_schedule_args(t)
-    from lumenkit.common.device import add_device_arg
-
+    add_config_arguments(t, ToyConfig)
+    t.add_argument("--out", default="outputs/diffusion_toy", help="output folder (default: outputs/diffusion_toy)")
     add_device_arg(t)
     t.set_defaults(func=cmd_toy)
 
     e = verbs.add_parser("evaluate", help="sliced-Wasserstein table: DDIM at several eta, PLMS, Euler-a, DDPM vs steps")
-    e.add_argument("--steps", default="10,20,50,100", help="comma-separated S values")
-    e.add_argument("--etas", default="0,0.2,0.5,1", help="comma-separated DDIM eta values")
-    e.add_argument("--samplers", default="plms,euler_a,ddpm", help="extra sampler rows (comma-separated; '' for none)")
-    e.add_argument("--n", type=int, default=4000)
-    e.add_argument("--seeds", default="0", help="comma-separated seeds (cells are averaged)")
-    e.add_argument("--out", default="outputs/diffusion_eval")
-    _add_schedule_args(e)
+    add_config_arguments(e, EvalConfig)
+    add_config_arguments(e, ToyConfig, exclude=_PER_CELL, group="schedule and oracle (as for toy)")
+    e.add_argument("--out", default="outputs/diffusion_eval", help="output folder (default: outputs/diffusion_eval)")
     add_device_arg(e)
     e.set_defaults(func=cmd_evaluate)
 
     s = verbs.add_parser("timesteps", help="print DDIM timesteps, alphas and sigmas (the seed's verbose output)")
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--eta", type=float, default=0.0)
-    _add_schedule_args(s)
-    s.set_defaults(func=cmd_timesteps, schedule="linear", linear_start=0.00085, linear_end=0.012)
-
-
-def _toy_config(args, **over):
-    from lumenkit.diffusion.pipeline import ToyConfig
-
-    kw = dict(schedule=args.schedule, num_timesteps=args.num_timesteps, linear_start=args.linear_start,
-              linear_end=args.linear_end, discretize=args.discretize, spacing=args.spacing)
-    kw.update(over)
-    return ToyConfig(**kw)
+    add_config_arguments(s, TimestepsConfig)
+    s.set_defaults(func=cmd_timesteps)
 
 
 def _single_thread() -> None:
@@ -91,12 +46,12 @@ def _single_thread() -> None:
 
 def cmd_toy(args: argparse.Namespace) -> int:
     from lumenkit.common.device import resolve_device
-    from lumenkit.diffusion.pipeline import plot_toy, run_toy, write_metrics
+    from lumenkit.diffusion.pipeline import ToyConfig, plot_toy, run_toy, write_metrics
 
+    cfg = config_from_args(ToyConfig, args)  # validated before anything runs or is written
+    device = resolve_device(args.device)
     _single_thread()
-    cfg = _toy_config(args, sampler=args.sampler, steps=args.steps, eta=args.eta, n=args.n, seed=args.seed,
-                      parameterization=args.parameterization, dtype=args.dtype)
-    res = run_toy(cfg, resolve_device(args.device))
+    res = run_toy(cfg, device)
     out = Path(args.out)
     stem = f"{cfg.sampler}_S{cfg.steps}" + (f"_eta{cfg.eta:g}" if cfg.eta is not None else "")
     png = plot_toy(res, out / f"{stem}.png")
@@ -113,18 +68,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lumenkit.common.bench import markdown_table
     from lumenkit.common.device import resolve_device
     from lumenkit.common.fileio import atomic_write_text
-    from lumenkit.diffusion.evaluate import sw_table
+    from lumenkit.diffusion.evaluate import EvalConfig, sw_table
+    from lumenkit.diffusion.pipeline import ToyConfig
 
+    cfg = config_from_args(EvalConfig, args)
+    base = config_from_args(ToyConfig, args, exclude=_PER_CELL)
+    for S in cfg.steps:
+        base.check_steps("steps", S)
+    device = resolve_device(args.device)
     _single_thread()
-    steps = _ints(args.steps, "--steps")
-    etas = _floats(args.etas, "--etas")
-    extra = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    bad = [s for s in extra if s not in SAMPLER_CHOICES]
-    if bad:
-        raise LumenkitError(f"--samplers: unknown {', '.join(bad)} (known: {', '.join(SAMPLER_CHOICES)})")
-    res = sw_table(steps, etas, extra, n=args.n, seeds=_ints(args.seeds, "--seeds"), base=_toy_config(args),
-                   device=resolve_device(args.device))
-    md = markdown_table(res["headers"], res["rows"]) + f"\n\nSliced-W2 to the exact mixture (n={args.n}); fresh-data floor {res['sw_floor']:.4f}.\n"
+    res = sw_table(cfg.steps, cfg.etas, cfg.samplers, n=cfg.n, seeds=cfg.seeds, base=base, device=device)
+    md = markdown_table(res["headers"], res["rows"]) + f"\n\nSliced-W2 to the exact mixture (n={cfg.n}); fresh-data floor {res['sw_floor']:.4f}.\n"
     out = Path(args.out)
     atomic_write_text(out / "table.md", md)
     atomic_write_text(out / "results.json", json.dumps(res, indent=2, default=str) + "\n")
@@ -136,15 +90,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_timesteps(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from lumenkit.diffusion import NoiseSchedule, make_ddim_sampling_parameters, make_ddim_timesteps
+    from lumenkit.diffusion import make_ddim_sampling_parameters, make_ddim_timesteps
+    from lumenkit.diffusion.pipeline import TimestepsConfig
 
-    sched = NoiseSchedule.from_config(kind=args.schedule, num_timesteps=args.num_timesteps,
-                                      linear_start=args.linear_start, linear_end=args.linear_end)
-    ts = make_ddim_timesteps(args.discretize, args.steps, sched.num_timesteps, spacing=args.spacing)
-    sig, a, ap = make_ddim_sampling_parameters(sched.alphas_cumprod, ts, args.eta)
+    cfg = config_from_args(TimestepsConfig, args)
+    sched = cfg.make_schedule()
+    ts = make_ddim_timesteps(cfg.discretize, cfg.steps, sched.num_timesteps, spacing=cfg.spacing)
+    sig, a, ap = make_ddim_sampling_parameters(sched.alphas_cumprod, ts, cfg.eta)
     np.set_printoptions(precision=5, linewidth=120)
     print(f"timesteps ({len(ts)}): {ts}")
-    print(f"a_t: {a}\na_prev: {ap}\nsigma (eta={args.eta:g}): {sig}")
+    print(f"a_t: {a}\na_prev: {ap}\nsigma (eta={cfg.eta:g}): {sig}")
     return 0
 
 

@@ -7,16 +7,42 @@ samples from the mixture: the finite-sample floor no sampler can beat.
 from __future__ import annotations
 
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 
+from lumenkit.common.config import check, check_range, param
 from lumenkit.diffusion.pipeline import ToyConfig, run_toy
+from lumenkit.diffusion.samplers import SAMPLERS
 
 DEFAULT_STEPS = (10, 20, 50, 100, 1000)
 DEFAULT_ETAS = (0.0, 0.2, 0.5, 1.0)
 DEFAULT_EXTRA = ("plms", "euler_a", "ddpm")
+
+
+@dataclass
+class EvalConfig:
+    """`lumenkit diffusion evaluate`: the table's columns (steps), DDIM rows (etas), extra sampler rows,
+    samples per cell and the seeds averaged. The schedule comes from a ToyConfig (the toy's flags)."""
+
+    steps: tuple[int, ...] = param(DEFAULT_STEPS[:-1], "S values (columns)")
+    etas: tuple[float, ...] = param(DEFAULT_ETAS, "DDIM eta values (rows)")
+    samplers: tuple[str, ...] = param(DEFAULT_EXTRA, f"extra sampler rows at their default eta ('' for none; of {', '.join(SAMPLERS)})")
+    n: int = param(4000, "samples per cell")
+    seeds: tuple[int, ...] = param((0,), "seeds (cells are averaged)")
+
+    def __post_init__(self) -> None:
+        self.steps, self.etas, self.samplers, self.seeds = tuple(self.steps), tuple(self.etas), tuple(self.samplers), tuple(self.seeds)
+        text = lambda v: ",".join(map(str, v))  # noqa: E731
+        check(len(self.steps) > 0 and all(isinstance(S, int) and S >= 1 for S in self.steps), "steps", text(self.steps), "need one or more integers >= 1")
+        for eta in self.etas:
+            check_range("etas", eta, 0.0)
+        bad = [s for s in self.samplers if s not in SAMPLERS]
+        check(not bad, "samplers", text(self.samplers), f"unknown {', '.join(bad)} (known: {', '.join(SAMPLERS)})")
+        check(len(self.etas) + len(self.samplers) > 0, "samplers", text(self.samplers), "no rows: give --etas or --samplers")
+        check(isinstance(self.n, int) and self.n >= 10, "n", self.n, "must be an integer >= 10")
+        check(len(self.seeds) > 0, "seeds", text(self.seeds), "need one or more seeds")
 
 
 def sw_table(

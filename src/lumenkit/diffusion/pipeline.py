@@ -14,38 +14,95 @@ from pathlib import Path
 
 import torch
 
+from lumenkit.common.config import check, check_choice, check_range, param
 from lumenkit.common.errors import LumenkitError
 from lumenkit.common.seed import make_generator
 from lumenkit.diffusion.data import (GaussianMixture2D, MixtureOracle, fit_mixture, mixture_errors, sliced_wasserstein,
                                      sliced_wasserstein_to_mixture)
-from lumenkit.diffusion.samplers import SAMPLERS, _ALIASES, sample
-from lumenkit.diffusion.schedule import NoiseSchedule
+from lumenkit.diffusion.samplers import SAMPLERS, resolve_sampler, sample
+from lumenkit.diffusion.schedule import PARAMETERIZATIONS, SCHEDULES, NoiseSchedule
+from lumenkit.diffusion.timesteps import DISCRETIZATIONS, SPACINGS
 
 
 @dataclass
-class ToyConfig:
-    """Defaults: the DDPM / DDIM papers' schedule (betas linear in beta 1e-4..0.02, T = 1000; CompVis
-    calls it "sqrt_linear"), DDIM 20 steps, eta 0. (SD's schedule ends at a_T = 0.0047, far enough from
-    N(0, I) that the deterministic samplers keep a visible prior mismatch; this one ends at 4e-5.)"""
+class ScheduleConfig:
+    """The noise schedule and its DDIM timesteps (CompVis `register_schedule` / `make_ddim_timesteps`).
+    Defaults: the DDPM / DDIM papers' schedule, betas linear in beta 1e-4..0.02, T = 1000 (CompVis calls
+    it "sqrt_linear")."""
 
-    sampler: str = "ddim"
-    steps: int = 20
-    eta: float | None = None
-    n: int = 4000
-    seed: int = 0
-    schedule: str = "sqrt_linear"
-    num_timesteps: int = 1000
-    linear_start: float = 1e-4
-    linear_end: float = 2e-2
-    discretize: str = "uniform"
-    spacing: str = "compvis"
-    parameterization: str = "eps"
-    dtype: str = "float64"
-    sw_projections: int = 128
+    schedule: str = param("sqrt_linear", "beta schedule: linear (CompVis sqrt-space, SD), sqrt_linear (DDPM paper), cosine, sqrt",
+                          choices=SCHEDULES)
+    num_timesteps: int = param(1000, "training timesteps T", flag="timesteps")
+    linear_start: float = param(1e-4, "first beta", flag="linear-start")
+    linear_end: float = param(2e-2, "last beta", flag="linear-end")
+    discretize: str = param("uniform", "DDIM timestep discretization", choices=DISCRETIZATIONS)
+    spacing: str = param("compvis", "uniform spacing: CompVis range(0,T,T//S)+1 or diffusers 'leading'", choices=SPACINGS)
+
+    def __post_init__(self) -> None:
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check(isinstance(self.num_timesteps, int) and self.num_timesteps >= 1, "timesteps", self.num_timesteps, "must be an integer >= 1")
+        check_range("linear-start", self.linear_start, 0.0, 1.0, lo_open=True)
+        check_range("linear-end", self.linear_end, 0.0, 1.0, lo_open=True)
+        check(self.linear_end >= self.linear_start, "linear-end", self.linear_end, f"must be >= --linear-start {self.linear_start}")
+        check_choice("discretize", self.discretize, DISCRETIZATIONS)
+        check_choice("spacing", self.spacing, SPACINGS)
 
     def make_schedule(self) -> NoiseSchedule:
         return NoiseSchedule.from_config(kind=self.schedule, num_timesteps=self.num_timesteps,
                                          linear_start=self.linear_start, linear_end=self.linear_end)
+
+    def check_steps(self, name: str, steps: int) -> None:
+        """--name steps must be an integer in [1, T]."""
+        ok = isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= self.num_timesteps
+        check(ok, name, steps, f"must be an integer in [1, {self.num_timesteps}] (the schedule's training timesteps)")
+
+
+@dataclass
+class ToyConfig(ScheduleConfig):
+    """`lumenkit diffusion toy`: DDIM 20 steps, eta 0 by default, on ScheduleConfig's schedule. (SD's
+    schedule ends at a_T = 0.0047, far enough from N(0, I) that the deterministic samplers keep a visible
+    prior mismatch; this one ends at 4e-5.)"""
+
+    sampler: str = param("ddim", "sampler", choices=SAMPLERS)
+    steps: int = param(20, "sampling steps S")
+    eta: float | None = param(None, "DDIM eta (default 0) / Euler-a eta (default 1); PLMS needs 0, DDPM ignores it")
+    n: int = param(4000, "number of samples")
+    seed: int = param(0, "seed of x_T and the sampler's noise")
+    parameterization: str = param("eps", "what the oracle model outputs", choices=PARAMETERIZATIONS)
+    dtype: str = param("float64", "sampling dtype", choices=("float32", "float64"))
+    sw_projections: int = param(128, "random projections of the sliced-Wasserstein distance", cli=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            canon = resolve_sampler(self.sampler)
+        except LumenkitError:
+            check_choice("sampler", self.sampler, SAMPLERS)
+        self.check_steps("steps", self.steps)
+        if self.eta is not None:
+            check_range("eta", self.eta, 0.0)
+            check(canon != "plms" or self.eta == 0, "eta", self.eta, "PLMS is deterministic and needs eta 0 (use --sampler ddim for eta > 0)")
+        check(isinstance(self.n, int) and self.n >= 10, "n", self.n, "must be an integer >= 10")
+        check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        check(self.sw_projections >= 1, "sw_projections", self.sw_projections, "must be >= 1")
+
+
+@dataclass
+class TimestepsConfig(ScheduleConfig):
+    """`lumenkit diffusion timesteps`: the seed's verbose DDIM output, on SD's schedule by default."""
+
+    schedule: str = param("linear", "beta schedule: linear (CompVis sqrt-space, SD), sqrt_linear (DDPM paper), cosine, sqrt",
+                          choices=SCHEDULES)
+    linear_start: float = param(0.00085, "first beta (SD)", flag="linear-start")
+    linear_end: float = param(0.012, "last beta (SD)", flag="linear-end")
+    steps: int = param(50, "DDIM steps S")
+    eta: float = param(0.0, "DDIM eta (sigma scale, DDIM eq. 16)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_steps("steps", self.steps)
+        check_range("eta", self.eta, 0.0)
 
 
 @dataclass
@@ -57,19 +114,14 @@ class ToyResult:
 
 def final_alpha(schedule: NoiseSchedule, sampler: str) -> float:
     """alpha-bar at which `sampler` ends with its default conventions (see module docstring)."""
-    sampler = _ALIASES.get(sampler, sampler)
-    return 1.0 if sampler in ("ddpm", "euler_a") else float(schedule.alphas_cumprod[0])
+    return 1.0 if resolve_sampler(sampler) in ("ddpm", "euler_a") else float(schedule.alphas_cumprod[0])
 
 
 def run_toy(cfg: ToyConfig, device: torch.device | str = "cpu", mixture: GaussianMixture2D | None = None,
             schedule: NoiseSchedule | None = None) -> ToyResult:
     """Sample cfg.n points with the exact oracle; metrics: sliced-Wasserstein to fresh target data (and
     the same distance between two fresh draws: the finite-sample floor), EM-fit component errors."""
-    if cfg.n < 10:
-        raise LumenkitError(f"--n must be at least 10, got {cfg.n}")
-    dtype = {"float32": torch.float32, "float64": torch.float64}.get(cfg.dtype)
-    if dtype is None:
-        raise LumenkitError(f"--dtype must be float32 or float64, got {cfg.dtype!r}")
+    dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]  # validated by ToyConfig
     mixture = mixture or GaussianMixture2D.default()
     schedule = schedule or cfg.make_schedule()
     model = MixtureOracle(mixture, schedule, cfg.parameterization)
@@ -87,7 +139,7 @@ def run_toy(cfg: ToyConfig, device: torch.device | str = "cpu", mixture: Gaussia
     errs = mixture_errors(fit_mixture(x, target), target)
     floor = mixture_errors(fit_mixture(fresh, target), target)
     metrics = {
-        "sampler": _ALIASES.get(cfg.sampler, cfg.sampler),
+        "sampler": resolve_sampler(cfg.sampler),
         "steps": cfg.steps,
         "eta": cfg.eta,
         "model_calls": model.calls,
@@ -142,4 +194,4 @@ def write_metrics(metrics: dict, path: Path | str) -> Path:
     return path
 
 
-__all__ = ["ToyConfig", "ToyResult", "run_toy", "plot_toy", "write_metrics", "final_alpha", "SAMPLERS"]
+__all__ = ["ScheduleConfig", "ToyConfig", "TimestepsConfig", "ToyResult", "run_toy", "plot_toy", "write_metrics", "final_alpha", "SAMPLERS"]

@@ -13,10 +13,16 @@ left unshifted (0..T-1) so that sampling at S = T works instead of failing as Co
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
 import numpy as np
 import torch
 
 from lumenkit.common.errors import LumenkitError
+
+if TYPE_CHECKING:
+    from lumenkit.diffusion.schedule import NoiseSchedule
 
 DISCRETIZATIONS = ("uniform", "quad")
 SPACINGS = ("compvis", "leading")
@@ -76,3 +82,60 @@ def make_ddim_sampling_parameters(
         print(f"Selected alphas for ddim sampler: a_t: {alphas}; a_(t-1): {alphas_prev}")
         print(f"For the chosen value of eta, which is {eta}, this results in the following sigma_t schedule for ddim sampler {sigmas}")
     return sigmas, alphas, alphas_prev
+
+
+# ---------------------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class StepPlan:
+    """Per-step schedule in sampling order (row 0 = noisiest), float64 numpy [n].
+
+    timesteps: model timesteps (descending); a: alphas_cumprod at them; a_prev: the alpha-bar each step
+    moves to (a[k+1] for k < n-1, and the final alpha for the last step); v_posterior: the schedule's
+    mix of DDPM posterior variance and beta (CompVis, read by the DDPM sampler).
+    """
+
+    timesteps: np.ndarray
+    a: np.ndarray
+    a_prev: np.ndarray
+    v_posterior: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def tail(self, n: int) -> "StepPlan":
+        """The last n steps (img2img)."""
+        k = len(self) - n
+        return StepPlan(self.timesteps[k:], self.a[k:], self.a_prev[k:], self.v_posterior)
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        """k-diffusion sigma = sqrt((1 - a)/a) at each step's timestep [n]."""
+        return np.sqrt((1.0 - self.a) / self.a)
+
+
+def make_step_plan(
+    schedule: NoiseSchedule,
+    steps: int,
+    *,
+    discretize: str = "uniform",
+    spacing: str = "compvis",
+    use_original_steps: bool = False,
+    timesteps: Sequence[int] | None = None,
+    set_alpha_to_one: bool = False,
+) -> StepPlan:
+    """Timesteps + per-step alphas. `timesteps` (ascending ints) overrides discretize/spacing;
+    `use_original_steps` walks every training step 0..T-1 (CompVis ddim_use_original_steps)."""
+    T = schedule.num_timesteps
+    if timesteps is not None:
+        ts = np.asarray(timesteps, dtype=np.int64).reshape(-1)
+        if ts.size < 1 or (ts < 0).any() or (ts >= T).any() or (np.diff(ts) < 0).any():
+            raise LumenkitError(f"timesteps must be a non-empty ascending sequence of ints in [0, {T - 1}]")
+    elif use_original_steps:
+        ts = np.arange(T, dtype=np.int64)
+    else:
+        ts = make_ddim_timesteps(discretize, steps, T, spacing=spacing)
+    ac = schedule.alphas_cumprod.numpy()
+    final = 1.0 if set_alpha_to_one else float(ac[0])
+    a = ac[ts]
+    a_prev = np.concatenate([[final], ac[ts[:-1]]])
+    return StepPlan(ts[::-1].copy(), a[::-1].copy(), a_prev[::-1].copy(), float(schedule.v_posterior))
