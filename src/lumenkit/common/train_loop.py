@@ -109,15 +109,42 @@ LossFn = Callable[[torch.nn.Module, int, slice], torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------ pieces
-def make_accelerator(cfg: TrainConfig, device: str | torch.device = "auto"):
-    """The Accelerator of a run: CPU unless CUDA is asked for (or 'auto' finds it)."""
-    from accelerate import Accelerator
+_ACCELERATOR = None
 
-    dev = str(device)
-    cpu = dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
-    if cfg.mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
+
+def make_accelerator(device: str | torch.device = "auto"):
+    """The process's Accelerator (one per process: accelerate's state is a singleton), CPU unless CUDA
+    is asked for or 'auto' finds it. Mixed precision is per run, in `autocast_forward`, not here."""
+    global _ACCELERATOR
+    if _ACCELERATOR is None:
+        from accelerate import Accelerator
+
+        dev = str(device)
+        _ACCELERATOR = Accelerator(cpu=dev == "cpu" or (dev == "auto" and not torch.cuda.is_available()))
+    return _ACCELERATOR
+
+
+@contextlib.contextmanager
+def autocast_forward(model: torch.nn.Module, precision: str, device: torch.device):
+    """Run model.forward under torch.autocast(bf16 | fp16) while the context lasts (fp32 master weights),
+    as accelerate's mixed precision does; the loss outside the forward stays in fp32."""
+    if precision == "no":
+        yield
+        return
+    if precision == "fp16" and device.type != "cuda":
         raise LumenkitError("--mixed_precision fp16: needs a CUDA GPU (use bf16 or no on a CPU)")
-    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    forward = model.forward
+
+    def autocast_fwd(*args, **kwargs):
+        with torch.autocast(device.type, dtype=dtype):
+            return forward(*args, **kwargs)
+
+    model.forward = autocast_fwd
+    try:
+        yield
+    finally:
+        del model.forward  # back to the class's forward
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
@@ -213,7 +240,6 @@ def train(
     ema_model: torch.nn.Module | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
-    accelerator=None,
 ) -> TrainResult:
     """Run `cfg.steps` optimizer steps of `loss_fn` on the trainable parameters of `model`.
 
@@ -222,105 +248,133 @@ def train(
     it, not the original). ema_model: a copy of the model that receives the EMA (cfg.ema_decay > 0).
     Returns what the whole run did (over resumes). On several processes every one must call train().
     """
-    from tqdm import tqdm
+    run = _Run(name, Path(folder), cfg, model, make_accelerator(device), ema_model)
+    try:
+        with autocast_forward(model, cfg.mixed_precision, run.acc.device):
+            return run.loop(loss_fn, progress)
+    finally:
+        run.acc.free_memory()  # drop accelerate's references to this run's model
 
-    folder = Path(folder)
-    acc = accelerator or make_accelerator(cfg, device)
-    rows = micro_rows(cfg.batch_size, acc.num_processes, acc.process_index, cfg.gradient_accumulation_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
-    if ema_model is None and cfg.ema_decay > 0:
-        raise LumenkitError(f"[{name}] --ema_decay {cfg.ema_decay} needs an EMA model (this stage keeps none)")
-    ema = EMA(ema_model.requires_grad_(False), cfg.ema_decay) if ema_model is not None and cfg.ema_decay > 0 else None
 
-    start, prev_seconds, prev_samples, last_loss = 0, 0.0, 0, float("nan")
-    ckpt = resume_path(cfg, folder)
-    state = load_checkpoint(ckpt) if ckpt is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.shadow.load_state_dict(state["ema"])
-        start, prev_seconds, prev_samples = int(state["step"]), float(state["seconds"]), int(state["samples"])
-        last_loss = float(state["loss"])
-        ranks = state["rng"]
-        if len(ranks) == acc.num_processes:
-            set_rng_state(ranks[acc.process_index])
-        acc.print(f"[{name}] resumed from {ckpt} at step {start}")
-    else:
-        torch.manual_seed(cfg.seed + 7919 * acc.process_index)  # dropout & co: a stream per process
-        if ema is not None:
-            ema.shadow.load_state_dict(model.state_dict())
-    if acc.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / "config.json", config_to_dict(cfg))
-        truncate_log(folder / LOSS_LOG, start)
-    wrapped, opt_w = acc.prepare(model, opt)
+class _Run:
+    """One run's state: the optimizer, scheduler, grad scaler, EMA and counters, and its checkpoints."""
 
-    def save(step: int, seconds: float, samples: int) -> None:
-        rngs = gather_objects(acc, rng_state())
+    def __init__(self, name: str, folder: Path, cfg: TrainConfig, model: torch.nn.Module, acc, ema_model):
+        self.name, self.folder, self.cfg, self.model, self.acc = name, folder, cfg, model, acc
+        self.rows = micro_rows(cfg.batch_size, acc.num_processes, acc.process_index, cfg.gradient_accumulation_steps)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(self.params, cfg)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(cfg, s))
+        self.scaler = torch.amp.GradScaler(acc.device.type, enabled=cfg.mixed_precision == "fp16")
+        if ema_model is None and cfg.ema_decay > 0:
+            raise LumenkitError(f"[{name}] --ema_decay {cfg.ema_decay}: this stage keeps no EMA model")
+        self.ema = EMA(ema_model.requires_grad_(False), cfg.ema_decay) if ema_model is not None and cfg.ema_decay > 0 else None
+        self.start, self.prev_seconds, self.prev_samples, self.last_loss = 0, 0.0, 0, float("nan")
+        self._load()
         if acc.is_main_process:
-            st = {"format": "lumenkit-train", "name": name, "step": step, "seconds": seconds, "samples": samples, "loss": last_loss,
-                  "model": acc.unwrap_model(wrapped).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "rng": rngs, "config": config_to_dict(cfg)}
-            if ema is not None:
-                st["ema"] = ema.shadow.state_dict()
-            with atomic_path(folder / CHECKPOINT) as tmp:
-                torch.save(st, tmp)
-        acc.wait_for_everyone()
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder / "config.json", config_to_dict(cfg))
+            truncate_log(folder / LOSS_LOG, self.start)
 
-    wrapped.train()
-    t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not (progress and acc.is_main_process), mininterval=5.0)
-    loss_sum = torch.zeros((), device=acc.device)  # this process's summed micro-batch losses since the last log
-    log_start, step = start, start
-    for step in range(start, cfg.steps):
-        for k, r in enumerate(rows):
-            sync = contextlib.nullcontext() if k == len(rows) - 1 else acc.no_sync(wrapped)
+    def _load(self) -> None:
+        ckpt = resume_path(self.cfg, self.folder)
+        if ckpt is None:
+            torch.manual_seed(self.cfg.seed + 7919 * self.acc.process_index)  # dropout & co: a stream per process
+            if self.ema is not None:
+                self.ema.shadow.load_state_dict(self.model.state_dict())
+            return
+        state = load_checkpoint(ckpt)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["grad_scaler"])
+        if self.ema is not None:
+            self.ema.shadow.load_state_dict(state["ema"])
+        self.start, self.prev_seconds, self.prev_samples = int(state["step"]), float(state["seconds"]), int(state["samples"])
+        self.last_loss = float(state["loss"])
+        if len(state["rng"]) == self.acc.num_processes:  # else: a different process count, fresh streams
+            set_rng_state(state["rng"][self.acc.process_index])
+        self.acc.print(f"[{self.name}] resumed from {ckpt} at step {self.start}")
+
+    def _save(self, step: int, seconds: float) -> None:
+        rngs = gather_objects(self.acc, rng_state())
+        if self.acc.is_main_process:
+            st = {"format": "lumenkit-train", "name": self.name, "step": step, "seconds": seconds, "loss": self.last_loss,
+                  "samples": self.prev_samples + (step - self.start) * self.cfg.batch_size, "model": self.model.state_dict(),
+                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "grad_scaler": self.scaler.state_dict(),
+                  "rng": rngs, "config": config_to_dict(self.cfg)}
+            if self.ema is not None:
+                st["ema"] = self.ema.shadow.state_dict()
+            with atomic_path(self.folder / CHECKPOINT) as tmp:
+                torch.save(st, tmp)
+        self.acc.wait_for_everyone()
+
+    def _step(self, wrapped, loss_fn: LossFn, step: int) -> torch.Tensor:
+        """One optimizer step over this process's micro-batches; returns their mean loss (no host sync)."""
+        total = torch.zeros((), device=self.acc.device)
+        for k, rows in enumerate(self.rows):
+            sync = contextlib.nullcontext() if k == len(self.rows) - 1 else self.acc.no_sync(wrapped)
             with sync:
-                loss = loss_fn(wrapped, step, r)
-                acc.backward(loss / len(rows))
-            loss_sum += loss.detach() / len(rows)
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(params, cfg.grad_clip)
-        opt_w.step()
-        sched.step()
-        opt_w.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(acc.unwrap_model(wrapped), step)
-        done = step + 1
-        at_log = done % cfg.log_every == 0 or done == cfg.steps
-        out_of_time = False
-        if at_log:  # the only host syncs of the loop: loss value, NaN check, time budget
-            mean = float(acc.reduce(loss_sum, reduction="mean")) / (done - log_start)
-            if not math.isfinite(mean):
-                raise LumenkitError(f"[{name}] loss became {mean} by step {done}: lower --lr (checkpoint of step "
-                                    f"{done - done % cfg.ckpt_every} kept)")
-            last_loss, loss_sum, log_start = mean, torch.zeros_like(loss_sum), done
-            elapsed = time.perf_counter() - t0
-            samples = (done - start) * cfg.batch_size
-            lr = cfg.lr * lr_factor(cfg, step)
-            if acc.is_main_process:
-                append_log(folder / LOSS_LOG, {"step": done, "loss": mean, "lr": lr, "seconds": round(prev_seconds + elapsed, 3),
-                                                "samples_per_s": round(samples / max(elapsed, 1e-9), 2)})
-            bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):.1f}", lr=f"{lr:.2e}")
-            flag = torch.tensor(float(cfg.max_minutes > 0 and prev_seconds + elapsed > cfg.max_minutes * 60), device=acc.device)
-            out_of_time = bool(acc.reduce(flag, reduction="sum") > 0)
-        bar.update(1)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
-            save(done, prev_seconds + time.perf_counter() - t0, prev_samples + (done - start) * cfg.batch_size)
-        if out_of_time:
-            acc.print(f"[{name}] time budget of {cfg.max_minutes} min reached at step {done}")
-            break
-    bar.close()
-    ran = (step + 1 - start) if cfg.steps > start else 0
-    if ran == 0:  # nothing left to do: report the finished run
-        return TrainResult(start, prev_seconds, prev_samples, last_loss)
-    if acc.is_main_process:
-        plot_loss_curve(folder / LOSS_LOG, folder / LOSS_CURVE, title=name)
-    return TrainResult(start + ran, prev_seconds + time.perf_counter() - t0, prev_samples + ran * cfg.batch_size, last_loss)
+                loss = loss_fn(wrapped, step, rows)
+                self.scaler.scale(loss / len(self.rows)).backward()
+            total += loss.detach() / len(self.rows)
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step)
+        return total
+
+    def _log(self, done: int, loss_sum: torch.Tensor, n_steps: int, elapsed: float, bar) -> bool:
+        """Loss log row and progress (the loop's only host syncs); True when the time budget is spent."""
+        cfg = self.cfg
+        mean = float(self.acc.reduce(loss_sum, reduction="mean")) / n_steps
+        if not math.isfinite(mean):
+            raise LumenkitError(f"[{self.name}] loss became {mean} by step {done}: lower --lr (the checkpoint of step "
+                                f"{done - done % cfg.ckpt_every} is kept)")
+        self.last_loss = mean
+        rate = (done - self.start) * cfg.batch_size / max(elapsed, 1e-9)
+        lr = cfg.lr * lr_factor(cfg, done - 1)
+        if self.acc.is_main_process:
+            append_log(self.folder / LOSS_LOG, {"step": done, "loss": mean, "lr": lr, "seconds": round(self.prev_seconds + elapsed, 3),
+                                                 "samples_per_s": round(rate, 2)})
+        bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:.1f}", lr=f"{lr:.2e}")
+        over = float(cfg.max_minutes > 0 and self.prev_seconds + elapsed > cfg.max_minutes * 60)
+        return bool(self.acc.reduce(torch.tensor(over, device=self.acc.device), reduction="sum") > 0)  # all ranks agree
+
+    def loop(self, loss_fn: LossFn, progress: bool) -> TrainResult:
+        from tqdm import tqdm
+
+        cfg, acc = self.cfg, self.acc
+        if self.start >= cfg.steps:  # nothing left to do: report the finished run
+            return TrainResult(self.start, self.prev_seconds, self.prev_samples, self.last_loss)
+        wrapped = acc.prepare_model(self.model)
+        wrapped.train()
+        bar = tqdm(total=cfg.steps, initial=self.start, desc=self.name, disable=not (progress and acc.is_main_process), mininterval=5.0)
+        t0, done = time.perf_counter(), self.start
+        loss_sum, since = torch.zeros((), device=acc.device), 0
+        for step in range(self.start, cfg.steps):
+            loss_sum += self._step(wrapped, loss_fn, step)
+            done, since = step + 1, since + 1
+            out_of_time = False
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                out_of_time = self._log(done, loss_sum, since, time.perf_counter() - t0, bar)
+                loss_sum, since = torch.zeros_like(loss_sum), 0
+            bar.update(1)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
+                self._save(done, self.prev_seconds + time.perf_counter() - t0)
+            if out_of_time:
+                acc.print(f"[{self.name}] time budget of {cfg.max_minutes} min reached at step {done}")
+                break
+        bar.close()
+        if acc.is_main_process:
+            plot_loss_curve(self.folder / LOSS_LOG, self.folder / LOSS_CURVE, title=self.name)
+        ran = done - self.start
+        return TrainResult(done, self.prev_seconds + time.perf_counter() - t0, self.prev_samples + ran * cfg.batch_size, self.last_loss)
 
 
 # ------------------------------------------------------------------------------------------ the log
