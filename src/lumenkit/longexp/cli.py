@@ -1,81 +1,56 @@
-"""`lumenkit longexp synth|run|evaluate` and the demo section."""
+"""`lumenkit longexp synth|run|evaluate` and the demo section. Flags come from the configs
+(SynthConfig, LongExpConfig + RenderConfig, RunConfig, EvalConfig); the CLI only parses and calls."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import time
 from pathlib import Path
 
-from lumenkit.common.device import add_device_arg
-from lumenkit.common.errors import LumenkitError
+from lumenkit.common.config import add_config_arguments, config_from_args, config_to_dict, read_json
+from lumenkit.common.device import add_device_arg, torch_threads
 from lumenkit.common.fileio import atomic_write_json
 
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Temporarily set torch's intra-op thread count (None/0: leave as is)."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+SOFT_GAMMA = {"auto": "auto", "on": True, "off": False}
+# the switches' spellings in the README and earlier releases (the generated --no_x work as well)
+_LEGACY_OFF = {"--no-select": ("select_frames", "--no_select"), "--no-spline": ("render__spline", "--no_spline"),
+               "--no-ramp": ("render__ramp", "--no_ramp"), "--no-occlusion": ("render__occlusion", "--no_occlusion")}
 
 
 def register(subparsers) -> None:
+    from lumenkit.longexp.data import SynthConfig
+    from lumenkit.longexp.evaluate import EvalConfig
+    from lumenkit.longexp.pipeline import LongExpConfig, RunConfig
+
     p = subparsers.add_parser("longexp", help="computational long-exposure photography from a burst")
     verbs = p.add_subparsers(dest="verb", required=True)
 
     s = verbs.add_parser("synth", help="render a synthetic burst with its true long exposure")
     s.add_argument("-o", "--out", required=True, help="output folder (burst/, truth.png, static.png, trail_mask.png, scene.json)")
-    s.add_argument("--kind", default="objects", help="objects | lights | water | pan | shake")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--width", type=int, default=320)
-    s.add_argument("--height", type=int, default=240)
-    s.add_argument("--frames", type=int, default=8)
-    s.add_argument("--subframes", type=int, default=32, help="sub-frames per burst interval for the truth")
-    s.add_argument("--exposure", type=float, default=0.5, help="burst under-exposure (linear gain)")
-    s.add_argument("--bit-depth", type=int, default=16, choices=(8, 16))
+    add_config_arguments(s, SynthConfig)
     s.set_defaults(func=cmd_synth)
 
     r = verbs.add_parser("run", help="make a long exposure from a burst folder or video")
     r.add_argument("burst", help="folder of frames (PNG/JPEG/TIFF, 8/16-bit) or a video file")
-    r.add_argument("--mode", default="foreground", choices=("foreground", "background"))
-    r.add_argument("-o", "--out", required=True, help="output image (.png/.tif for 16-bit, .jpg)")
-    r.add_argument("--bit-depth", type=int, default=8, choices=(8, 16))
-    r.add_argument("--save-intermediates", action="store_true", help="write masks, flows and the half-res blur beside the output")
-    r.add_argument("--gain", type=float, default=None, help="exposure gain on the linear result (default 1, or scene.json's gain for synthetic bursts)")
-    r.add_argument("--no-select", action="store_true", help="use all frames (skip frame selection)")
-    r.add_argument("--max-frames", type=int, default=None)
-    r.add_argument("--no-spline", action="store_true")
-    r.add_argument("--no-ramp", action="store_true")
-    r.add_argument("--soft-gamma", default="auto", choices=("auto", "on", "off"),
+    add_config_arguments(r, RunConfig)
+    add_config_arguments(r, LongExpConfig, group="method")
+    for flag, (dest, same) in _LEGACY_OFF.items():
+        r.add_argument(flag, dest=dest, action="store_false", default=argparse.SUPPRESS, help=f"same as {same}")
+    r.add_argument("--soft-gamma", dest="soft_gamma", choices=tuple(SOFT_GAMMA), default=argparse.SUPPRESS,
                    help="eq. 9 soft gamma: auto = on when the burst has moving clipped highlights (default), on = always (the paper), off")
-    r.add_argument("--no-soft-gamma", action="store_true", help="same as --soft-gamma off")
-    r.add_argument("--no-occlusion", action="store_true", help="no occlusion check on swept-line samples")
-    r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    r.add_argument("--no-soft-gamma", dest="soft_gamma", action="store_const", const="off", default=argparse.SUPPRESS, help="same as --soft-gamma off")
     add_device_arg(r)
     r.set_defaults(func=cmd_run)
 
     e = verbs.add_parser("evaluate", help="PSNR/SSIM/trail-gap vs truth for baselines, full pipeline and ablations")
     e.add_argument("folders", nargs="*", help="synthetic burst folders from `synth` (default: synthesize --kinds x --seeds)")
-    e.add_argument("--kinds", default="objects,lights,water,pan")
-    e.add_argument("--seeds", default="0,1")
-    e.add_argument("--width", type=int, default=320)
-    e.add_argument("--height", type=int, default=240)
-    e.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    e.add_argument("--threads", type=int, default=1)
+    add_config_arguments(e, EvalConfig)
     e.set_defaults(func=cmd_evaluate)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from lumenkit.longexp.data import SynthConfig, synthesize, write_synth
 
-    cfg = SynthConfig(kind=args.kind, seed=args.seed, width=args.width, height=args.height, frames=args.frames, subframes=args.subframes, exposure=args.exposure, bit_depth=args.bit_depth)
+    cfg = config_from_args(SynthConfig, args)
     burst = synthesize(cfg)
     out = write_synth(burst, args.out)
     print(f"wrote {out}/burst ({cfg.frames} frames), truth.png, static.png, trail_mask.png, scene.json; run it with: "
@@ -83,33 +58,42 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_configs(args: argparse.Namespace):
+    """(RunConfig, LongExpConfig) from the flags, validated; gain from the burst's scene.json when not given."""
+    from lumenkit.longexp.pipeline import LongExpConfig, RunConfig, with_render
+
+    run = config_from_args(RunConfig, args)
+    over = {}
+    scene = Path(args.burst).parent / "scene.json"
+    if "gain" not in vars(args) and Path(args.burst).is_dir() and scene.is_file():
+        over["gain"] = float(read_json(scene, what="scene file").get("gain", 1.0))
+    # base: the defaults as a whole, so that one render flag keeps the others' (and soft gamma 'auto')
+    cfg = config_from_args(LongExpConfig, args, base=config_to_dict(LongExpConfig()), **over)
+    if "soft_gamma" in vars(args):
+        cfg = with_render(cfg, soft_gamma=SOFT_GAMMA[args.soft_gamma])
+    return run, cfg
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lumenkit.common.device import resolve_device
     from lumenkit.longexp.data import read_burst
-    from lumenkit.longexp.pipeline import LongExpConfig, run_longexp, save_result
-    from lumenkit.longexp.render import RenderConfig
+    from lumenkit.longexp.pipeline import run_longexp, save_result
 
-    out = Path(args.out)
-    if args.bit_depth == 16 and out.suffix.lower() not in (".png", ".tif", ".tiff"):
-        raise LumenkitError(f"-o {out}: 16-bit output needs .png or .tif")
-    frames, names = read_burst(args.burst, args.max_frames)
-    gain = args.gain
-    scene = Path(args.burst).parent / "scene.json"
-    if gain is None:
-        gain = float(json.loads(scene.read_text()).get("gain", 1.0)) if Path(args.burst).is_dir() and scene.is_file() else 1.0
-    sg = {"auto": "auto", "on": True, "off": False}["off" if args.no_soft_gamma else args.soft_gamma]
-    rcfg = RenderConfig(spline=not args.no_spline, ramp=not args.no_ramp, soft_gamma=sg, occlusion=not args.no_occlusion)
-    cfg = LongExpConfig(mode=args.mode, select_frames=not args.no_select, gain=gain, render=rcfg)
+    run, cfg = run_configs(args)  # every value checked before anything is read or written
+    device = resolve_device(args.device)
+    frames, names = read_burst(args.burst, run.max_frames)
     t0 = time.perf_counter()
-    with torch_threads(args.threads):
-        res = run_longexp(frames, cfg, intermediates=args.save_intermediates, device=resolve_device(args.device))
-    save_result(res, out, args.bit_depth)
+    with torch_threads(run.threads):
+        res = run_longexp(frames, cfg, intermediates=run.save_intermediates, device=device)
+    save_result(res, run.out, run.bit_depth)
     used = ", ".join(names[: res.frames_used])
+    auto = " (auto)" if cfg.render.soft_gamma == "auto" else ""
     print(f"frames used: {res.frames_used} of {len(frames)} ({used}); sharp frame: {names[res.sharp_index]}; "
-          f"soft gamma {'on' if res.soft_gamma else 'off'}{' (auto)' if sg == 'auto' else ''}; {time.perf_counter() - t0:.1f} s")
+          f"soft gamma {'on' if res.soft_gamma else 'off'}{auto}; {time.perf_counter() - t0:.1f} s")
     if res.unaligned:
         print(f"warning: alignment failed for frames {', '.join(names[i] for i in res.unaligned)} (left unaligned)")
-    print(f"wrote {out}" + (f" and {out.with_name(out.stem + '_intermediates')}/" if args.save_intermediates else ""))
+    out = run.out
+    print(f"wrote {out}" + (f" and {out.with_name(out.stem + '_intermediates')}/" if run.save_intermediates else ""))
     return 0
 
 
@@ -118,25 +102,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from lumenkit.common.bench import markdown_table
     from lumenkit.longexp.data import read_synth
-    from lumenkit.longexp.evaluate import METHODS, evaluate_burst, evaluate_suite, summary_table
+    from lumenkit.longexp.evaluate import METHODS, EvalConfig, evaluate_burst, evaluate_suite, summary_table
 
-    with torch_threads(args.threads):
+    cfg = config_from_args(EvalConfig, args)
+    with torch_threads(cfg.threads):
         if args.folders:
             summary: dict = {}
             for f in args.folders:
-                b = read_synth(f)
-                r = evaluate_burst(b)
+                r = evaluate_burst(read_synth(f))
                 summary[Path(f).name] = {m: r[m] for m in METHODS} | {"_selection": [r["_selection"]["frames"]], "_soft_gamma": [r["_soft_gamma"]]}
         else:
-            try:
-                seeds = tuple(int(s) for s in args.seeds.split(","))
-            except ValueError as exc:
-                raise LumenkitError(f"--seeds {args.seeds!r}: expected comma-separated integers") from exc
-            summary = evaluate_suite(tuple(k.strip() for k in args.kinds.split(",")), seeds, args.width, args.height)
+            summary = evaluate_suite(cfg.kinds, cfg.seeds, cfg.width, cfg.height)
     headers, rows = summary_table(summary)
     print(markdown_table(headers, rows))
-    if args.json:
-        atomic_write_json(args.json, summary, indent=1, default=lambda o: float(o) if isinstance(o, np.floating) else str(o))
+    if cfg.json:
+        atomic_write_json(cfg.json, summary, indent=1, default=lambda o: float(o) if isinstance(o, np.floating) else str(o))
     return 0
 
 

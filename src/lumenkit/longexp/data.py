@@ -11,15 +11,17 @@ under-exposed by `exposure`, with shot and read noise, clipped to [0, 1] and sto
 from __future__ import annotations
 
 import functools
-import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 
+from lumenkit.common.config import check, check_choice, check_range, param, read_json
 from lumenkit.common.errors import LumenkitError
-from lumenkit.common.fileio import atomic_write_json
+from lumenkit.common.fileio import atomic_dir, atomic_write_json
 from lumenkit.common.images import linear_to_srgb, list_images, read_image, srgb_to_linear, write_image
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif")
@@ -86,28 +88,32 @@ def read_burst(path: str | Path, max_frames: int | None = None) -> tuple[list[np
 # ---------------------------------------------------------------------------------------- synthesis
 @dataclass
 class SynthConfig:
-    """A procedural scene. Sizes in pixels, times in burst intervals (frame i is at t = i)."""
+    """A procedural scene (`lumenkit longexp synth`). Sizes in pixels, times in burst intervals (frame i is at t = i)."""
 
-    kind: str = "objects"
-    width: int = 320
-    height: int = 240
-    frames: int = 8
-    subframes: int = 32  # sub-frames per burst interval (temporal supersampling of the truth)
-    exposure: float = 0.5  # burst under-exposure (linear gain) relative to the truth
-    read_noise: float = 0.002  # std of additive noise (linear units)
-    shot_noise: float = 0.0004  # variance per unit signal (Poisson-like)
-    shake_px: float = 2.5  # hand-held shake amplitude (pixels at this size)
-    shake_deg: float = 0.4  # hand-held shake rotation amplitude (degrees)
-    seed: int = 0
-    bit_depth: int = 16
+    kind: str = param("objects", "scene kind", choices=SCENE_KINDS)
+    width: int = param(320, "frame width (px)")
+    height: int = param(240, "frame height (px)")
+    frames: int = param(8, "burst frames")
+    subframes: int = param(32, "sub-frames per burst interval for the truth (temporal supersampling)")
+    exposure: float = param(0.5, "burst under-exposure (linear gain) relative to the truth")
+    read_noise: float = param(0.002, "std of additive sensor noise (linear units)")
+    shot_noise: float = param(0.0004, "shot-noise variance per unit signal (Poisson-like)")
+    shake_px: float = param(2.5, "hand-held shake amplitude (px at this size)")
+    shake_deg: float = param(0.4, "hand-held shake rotation amplitude (degrees)")
+    seed: int = param(0, "scene and noise seed")
+    bit_depth: Literal[8, 16] = param(16, "bit depth of the burst PNGs", flag="bit-depth")
 
     def __post_init__(self) -> None:
-        if self.kind not in SCENE_KINDS:
-            raise LumenkitError(f"--kind {self.kind!r}: expected one of {', '.join(SCENE_KINDS)}")
-        if self.frames < 2 or self.subframes < 1:
-            raise LumenkitError("--frames must be >= 2 and --subframes >= 1")
-        if min(self.width, self.height) < 32:
-            raise LumenkitError("--width/--height must be >= 32")
+        check_choice("kind", self.kind, SCENE_KINDS)
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            check(isinstance(v, int) and 32 <= v <= 16384, name, v, "must be an integer in [32, 16384]")
+        check(isinstance(self.frames, int) and 2 <= self.frames <= 1000, "frames", self.frames, "must be an integer in [2, 1000]")
+        check(isinstance(self.subframes, int) and 1 <= self.subframes <= 4096, "subframes", self.subframes, "must be an integer in [1, 4096]")
+        check_range("exposure", self.exposure, 0.0, 16.0, lo_open=True)
+        for name in ("read_noise", "shot_noise", "shake_px", "shake_deg"):
+            check_range(name, getattr(self, name), 0.0)
+        check_choice("bit-depth", self.bit_depth, (8, 16))
 
 
 @dataclass
@@ -336,16 +342,28 @@ def _expose(cfg: SynthConfig, rng: np.random.Generator, radiance: np.ndarray) ->
 
 
 def write_synth(burst: SynthBurst, out: str | Path) -> Path:
-    """Write out/burst/frame_XXX.png, out/truth.png (16-bit sRGB), out/static.png, out/trail_mask.png, out/scene.json."""
+    """Write out/burst/frame_XXX.png, out/truth.png (16-bit sRGB), out/static.png, out/trail_mask.png, out/scene.json.
+
+    The burst folder is written aside and renamed into place (no stale frames of an earlier, longer burst
+    stay behind); a burst folder holding files synth does not write is refused, not replaced."""
     out = Path(out)
     bd = burst.params["config"]["bit_depth"]
-    for i, f in enumerate(burst.frames):
-        write_image(out / "burst" / f"frame_{i:03d}.png", f, bit_depth=bd)
+    old = out / "burst"
+    if old.is_dir():
+        foreign = sorted(p.name for p in old.iterdir() if not _FRAME_NAME.fullmatch(p.name))
+        if foreign:
+            raise LumenkitError(f"{old}: holds files that `longexp synth` did not write ({', '.join(foreign[:3])}); choose another -o")
+    with atomic_dir(old) as tmp:
+        for i, f in enumerate(burst.frames):
+            write_image(tmp / f"frame_{i:03d}.png", f, bit_depth=bd)
     write_image(out / "truth.png", linear_to_srgb(burst.truth), bit_depth=16)
     write_image(out / "static.png", linear_to_srgb(burst.static), bit_depth=16)
     write_image(out / "trail_mask.png", burst.trail_mask.astype(np.float32), bit_depth=8)
     atomic_write_json(out / "scene.json", burst.params, indent=1, default=float)
     return out
+
+
+_FRAME_NAME = re.compile(r"frame_\d{3,}\.png")
 
 
 def read_synth(folder: str | Path) -> SynthBurst:
@@ -354,7 +372,7 @@ def read_synth(folder: str | Path) -> SynthBurst:
     if not (folder / "scene.json").is_file():
         raise LumenkitError(f"{folder}: not a synthetic burst folder (no scene.json; make one with `lumenkit longexp synth`)")
     frames, _ = read_burst(folder / "burst")
-    params = json.loads((folder / "scene.json").read_text())
+    params = read_json(folder / "scene.json", what="scene file")
     truth = srgb_to_linear(read_image(folder / "truth.png", keep_alpha=False))
     static = srgb_to_linear(read_image(folder / "static.png", keep_alpha=False))
     mask = read_image(folder / "trail_mask.png")[..., 0] > 0.5

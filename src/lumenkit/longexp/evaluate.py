@@ -4,16 +4,37 @@ of flows per burst.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
 
+from lumenkit.common.config import check, param
 from lumenkit.common.images import linear_to_srgb
 from lumenkit.common.metrics import psnr, ssim
 from lumenkit.longexp.align import BACKGROUND_SELECTION, FOREGROUND_SELECTION, select_frames
-from lumenkit.longexp.data import SynthBurst, SynthConfig, synthesize
+from lumenkit.longexp.data import SCENE_KINDS, SynthBurst, SynthConfig, synthesize
 from lumenkit.longexp.pipeline import LongExpConfig, aligned_average, finish, naive_average, prepare, with_render
+
+@dataclass
+class EvalConfig:
+    """`lumenkit longexp evaluate` without folders: the synthetic suite (kinds x seeds at width x height)."""
+
+    kinds: tuple[str, ...] = param(("objects", "lights", "water", "pan"), f"scene kinds (of {', '.join(SCENE_KINDS)})")
+    seeds: tuple[int, ...] = param((0, 1), "scene seeds")
+    width: int = param(320, "frame width (px)")
+    height: int = param(240, "frame height (px)")
+    json: str | None = param(None, "also write the numbers to this JSON file")
+    threads: int = param(1, "torch threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        self.kinds, self.seeds = tuple(self.kinds), tuple(self.seeds)
+        bad = [k for k in self.kinds if k not in SCENE_KINDS]
+        check(bool(self.kinds) and not bad, "kinds", ",".join(self.kinds), f"expected a comma list of {', '.join(SCENE_KINDS)}")
+        check(len(self.seeds) > 0, "seeds", "", "need one or more seeds")
+        SynthConfig(width=self.width, height=self.height)  # the same size checks as synth
+        check(isinstance(self.threads, int) and self.threads >= 0, "threads", self.threads, "must be an integer >= 0 (0: torch's default)")
+
 
 METHODS = ("naive average", "aligned average", "flow straight-line blur", "full pipeline", "full, soft gamma always on (paper)", "no ramp", "no spline", "no soft gamma", "no occlusion check")
 

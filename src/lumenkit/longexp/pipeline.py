@@ -9,13 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 
-from lumenkit.common.errors import LumenkitError
-from lumenkit.common.images import linear_to_srgb, srgb_to_linear, write_image
+from lumenkit.common.config import check, check_choice, check_range, param
+from lumenkit.common.images import LDR_SUFFIXES, linear_to_srgb, srgb_to_linear, write_image
 from lumenkit.longexp import composite as comp
 from lumenkit.longexp.align import Alignment, align_burst, to_gray8
 from lumenkit.longexp.motion import MotionPredictor, OpticalFlowPredictor, PairMotion, flow_to_color, predict_all
@@ -24,31 +25,58 @@ from lumenkit.longexp.render import RenderConfig, render_blur, soft_gamma
 
 @dataclass
 class LongExpConfig:
-    """One run. Defaults follow the paper (half-resolution blur, a = 0.16, b = 0.32, k = 3)."""
+    """One run (`lumenkit longexp run`). Defaults follow the paper (half-resolution blur, a = 0.16, b = 0.32, k = 3)."""
 
-    mode: str = "foreground"  # foreground blur (tripod look) or background blur (panning)
-    select_frames: bool = True  # seed frame selection (98th pct -> 30 % / 80th pct -> 2.8 % of diagonal)
-    analysis_long_side: int = 640  # KLT / alignment resolution (long side, pixels)
-    flow_long_side: int = 480  # motion prediction resolution (low resolution)
-    render_scale: float = 0.5  # blur rendering at half resolution
+    mode: Literal["foreground", "background"] = param(
+        "foreground", "foreground blur (tripod look: moving things blurred) or background blur (panning: subject sharp)")
+    # seed frame selection (98th pct -> 30 % / 80th pct -> 2.8 % of the diagonal)
+    select_frames: bool = param(True, "seed frame selection (stop adding frames once the motion target is reached)", flag="select")
+    analysis_long_side: int = param(640, "KLT / alignment resolution (long side, px)")
+    flow_long_side: int = param(480, "motion prediction resolution (long side, px)")
+    render_scale: float = param(0.5, "blur rendering scale (the paper: half resolution)")
     render: RenderConfig = field(default_factory=lambda: RenderConfig(soft_gamma="auto"))
-    composite: bool = True
-    a: float = comp.ALPHA
-    b: float = comp.BETA
-    ref_percentile: float = comp.REF_PERCENTILE
-    merge_sharp: bool = True  # denoise the sharp frame with agreeing aligned frames
+    composite: bool = param(True, "composite the blur with the sharp exposure (M_flow mask)")
+    a: float = param(comp.ALPHA, "M_flow lower threshold a (x |F|_ref)")
+    b: float = param(comp.BETA, "M_flow upper threshold b (x |F|_ref)")
+    ref_percentile: float = param(comp.REF_PERCENTILE, "percentile of |F| taken as |F|_ref")
+    merge_sharp: bool = param(True, "denoise the sharp frame with agreeing aligned frames")
     # also require blur != sharp for M (our addition, see composite.change_mask); None: foreground
     # mode only (in background blur nearly everything moves and flat background must keep the blur)
-    change_mask: bool | None = None
-    gain: float = 1.0  # exposure gain applied to the linear result (burst under-exposure)
+    change_mask: bool | None = param(None, "require blur != sharp for the mask (None: foreground mode only)", cli=False)
+    gain: float = param(1.0, "exposure gain on the linear result (default 1, or scene.json's gain for synthetic bursts)")
 
     def __post_init__(self) -> None:
-        if self.mode not in ("foreground", "background"):
-            raise LumenkitError(f"--mode {self.mode!r}: expected foreground or background")
-        if not 0 < self.render_scale <= 1:
-            raise LumenkitError("render_scale must be in (0, 1]")
-        if self.render.soft_gamma not in (True, False, "auto"):
-            raise LumenkitError(f"--soft-gamma {self.render.soft_gamma!r}: expected on, off or auto")
+        check_choice("mode", self.mode, ("foreground", "background"))
+        check(isinstance(self.analysis_long_side, int) and self.analysis_long_side >= 32, "analysis_long_side", self.analysis_long_side, "must be an integer >= 32")
+        check(isinstance(self.flow_long_side, int) and self.flow_long_side >= 16, "flow_long_side", self.flow_long_side, "must be an integer >= 16")
+        check_range("render_scale", self.render_scale, 0.0, 1.0, lo_open=True)
+        check_range("a", self.a, 0.0)
+        check_range("b", self.b, 0.0)
+        check(self.b > self.a, "b", self.b, f"must be > --a {self.a}")
+        check_range("ref_percentile", self.ref_percentile, 0.0, 100.0, lo_open=True)
+        check_range("gain", self.gain, 0.0, lo_open=True)
+        check(isinstance(self.render, RenderConfig), "render", self.render, "must be a RenderConfig")
+
+
+@dataclass
+class RunConfig:
+    """What `lumenkit longexp run` writes and how it reads and computes (the method is LongExpConfig)."""
+
+    out: Path = param(help="output image (.png/.tif for 16-bit, .jpg)", short="-o")
+    bit_depth: Literal[8, 16] = param(8, "output bit depth (16 needs .png or .tif)", flag="bit-depth")
+    save_intermediates: bool = param(False, "write masks, flows and the half-res blur beside the output", flag="save-intermediates")
+    max_frames: int | None = param(None, "read at most this many frames of the burst", flag="max-frames")
+    threads: int = param(0, "torch threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        check_choice("bit-depth", self.bit_depth, (8, 16))
+        suffixes = (".png", ".tif", ".tiff") if self.bit_depth == 16 else LDR_SUFFIXES
+        check(self.out.suffix.lower() in suffixes, "out", str(self.out),
+              f"{self.bit_depth}-bit output needs one of {', '.join(suffixes)}")
+        if self.max_frames is not None:
+            check(isinstance(self.max_frames, int) and self.max_frames >= 2, "max-frames", self.max_frames, "must be an integer >= 2")
+        check(isinstance(self.threads, int) and self.threads >= 0, "threads", self.threads, "must be an integer >= 0 (0: torch's default)")
 
 
 @dataclass
@@ -322,8 +350,7 @@ def aligned_average(prep: Prepared, gain: float = 1.0) -> np.ndarray:
 def save_result(res: Result, out: str | Path, bit_depth: int = 8) -> Path:
     """Write the sRGB result (8 or 16 bit) and, if present, the intermediates beside it."""
     out = Path(out)
-    if bit_depth not in (8, 16):
-        raise LumenkitError(f"--bit-depth {bit_depth}: expected 8 or 16")
+    check_choice("bit-depth", bit_depth, (8, 16))
     meta = {"lumenkit": "longexp", "frames_used": str(res.frames_used), "sharp_frame": str(res.sharp_index)}
     write_image(out, np.clip(linear_to_srgb(np.clip(res.image, 0, 1)), 0, 1), bit_depth=bit_depth, metadata=meta)
     if res.intermediates:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lumenkit.common.config import check, check_range, param
 from lumenkit.longexp.motion import PairMotion
 
 N_BUCKETS = (2, 3, 5, 9, 17, 33, 65, 129)
@@ -266,18 +267,26 @@ def frame_tangents(motions: list[PairMotion]) -> list[torch.Tensor]:
 class RenderConfig:
     """Blur synthesis switches (paper defaults: all on, k = 3)."""
 
-    spline: bool = True
-    ramp: bool = True
+    spline: bool = param(True, "spline paths (eq. 7, 8) instead of straight lines")
+    ramp: bool = param(True, "ramp weights w_n = 1 - n/N (eq. 6)")
     # eq. 9: True / False, or "auto" (the pipeline's default): on when the burst has moving clipped
     # highlights, the content soft gamma exists for (pipeline.soft_gamma_needed); render_blur itself
-    # treats "auto" as on
-    soft_gamma: bool | str = True
-    k: float = 3.0
-    speed_weight: bool = True
-    occlusion: bool = True  # check swept-line samples against the content's own motion (needs PairMotion.own_*)
-    step: float | None = None  # path sample spacing in render-grid px; None: max(1, diagonal / 720),
-    # so N depends on the relative path length only and the cost grows linearly with the pixel count
-    n_max: int = 33
+    # treats "auto" as on. On the CLI: --soft-gamma auto|on|off
+    soft_gamma: bool | str = param(True, "soft gamma (eq. 9): True, False or 'auto'", cli=False)
+    k: float = param(3.0, "soft gamma k (eq. 9; inverted with 1/k after accumulation)")
+    speed_weight: bool = param(True, "weight path samples by the path speed |rho'| (uneven spatial spacing)")
+    occlusion: bool = param(True, "check swept-line samples against the content's own motion (needs PairMotion.own_*)")
+    # path sample spacing in render-grid px; None: max(1, diagonal / 720), so N depends on the relative
+    # path length only and the cost grows linearly with the pixel count
+    step: float | None = param(None, "path sample spacing in render px (default: max(1, diagonal / 720))")
+    n_max: int = param(33, "most samples per path")
+
+    def __post_init__(self) -> None:
+        check(self.soft_gamma in (True, False, "auto"), "soft-gamma", self.soft_gamma, "expected on, off or auto")
+        check_range("k", self.k, 0.0, lo_open=True)
+        if self.step is not None:
+            check_range("step", self.step, 0.0, lo_open=True)
+        check(isinstance(self.n_max, int) and self.n_max >= 2, "n_max", self.n_max, "must be an integer >= 2")
 
 
 def render_blur(frames: list[torch.Tensor], motions: list[PairMotion], cfg: RenderConfig = RenderConfig(), encoded: bool = False) -> torch.Tensor:
