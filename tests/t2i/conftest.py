@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(autouse=True)
 def _one_thread_when_oversubscribed():
@@ -12,3 +14,18 @@ def _one_thread_when_oversubscribed():
         torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="session")
+def saved(tmp_path_factory):
+    """A tiny random SD saved as a diffusers folder, an original .safetensors and an original .ckpt."""
+    from lumenkit.t2i.pipeline import Text2Image
+    from tests.t2i import write_test_tokenizer
+
+    root = tmp_path_factory.mktemp("t2i")
+    pipe = Text2Image.from_preset("tiny", write_test_tokenizer(root / "tok"), "cpu", seed=0)
+    pipe.save_pretrained(root / "model")
+    pipe.save_single_file(root / "model.safetensors")
+    pipe.save_single_file(root / "model.ckpt")
+    pipe.reference = {}  # torch threads -> images every reload must reproduce exactly
+    return pipe, root

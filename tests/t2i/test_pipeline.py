@@ -1,38 +1,17 @@
-"""Text2Image: loading (diffusers folder, single file), saving, sampling vs diffusers' StableDiffusionPipeline, CLI."""
+"""Text2Image: loading (diffusers folder, single file), saving, sampling vs diffusers' StableDiffusionPipeline.
+The command line (t2i sample / convert) is tested in test_cli.py."""
 from __future__ import annotations
 
-import argparse
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
 from lumenkit.common.errors import LumenkitError
-from lumenkit.t2i.pipeline import (
-    Text2Image,
-    add_convert_args,
-    add_sample_args,
-    convert_main,
-    sample_main,
-)
-from tests.t2i import write_test_tokenizer
+from lumenkit.t2i.pipeline import Text2Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPTS = ["a red circle on the left", "a blue square"]
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """A tiny random SD saved as a diffusers folder, an original .safetensors and an original .ckpt."""
-    root = tmp_path_factory.mktemp("t2i")
-    pipe = Text2Image.from_preset("tiny", write_test_tokenizer(root / "tok"), "cpu", seed=0)
-    pipe.save_pretrained(root / "model")
-    pipe.save_single_file(root / "model.safetensors")
-    pipe.save_single_file(root / "model.ckpt")
-    pipe.reference = {}  # torch threads -> images every reload must reproduce exactly
-    return pipe, root
 
 
 def _reference(pipe) -> np.ndarray:
@@ -209,69 +188,6 @@ def test_user_errors(saved, tmp_path):
     convert.write_checkpoint(tmp_path / "noconf.safetensors", sd)
     with pytest.raises(LumenkitError, match="noconf.safetensors: .*shape"):
         Text2Image.from_single_file(tmp_path / "noconf.safetensors", tokenizer=root / "model" / "tokenizer")
-
-
-def _parse(adder, argv):
-    p = argparse.ArgumentParser()
-    adder(p)
-    return p.parse_args(argv)
-
-
-def test_cli_sample_writes_pngs_with_metadata(saved, tmp_path):
-    from lumenkit.common.images import read_image, read_png_text
-
-    _, root = saved
-    out = tmp_path / "out"
-    args = _parse(add_sample_args, ["--prompt", PROMPTS[0], "--model", str(root / "model"), "--ddim_steps", "2",
-                                    "--n_samples", "2", "--n_iter", "2", "--outdir", str(out), "--device", "cpu",
-                                    "--negative_prompt", "blurry", "--seed", "7"])
-    assert sample_main(args) == 0
-    files = sorted((out / "samples").glob("*.png"))
-    assert [f.name for f in files] == ["00000.png", "00001.png", "00002.png", "00003.png"]
-    meta = read_png_text(files[0])
-    assert meta["prompt"] == PROMPTS[0] and meta["negative_prompt"] == "blurry"
-    assert meta["seed"] == "7" and meta["steps"] == "2" and meta["sampler"] == "ddim" and meta["scale"] == "7.5"
-    assert read_image(files[0]).shape == (32, 32, 3)
-    grid = read_image(out / "grid-0000.png")
-    assert grid.shape[:2] == (2 * 34 + 2, 2 * 34 + 2)
-    # a second run continues the numbering, like CompVis; --plms and --from-file
-    (tmp_path / "prompts.txt").write_text("a green triangle\n\na small cat\n")
-    args = _parse(add_sample_args, ["--from-file", str(tmp_path / "prompts.txt"), "--ckpt", str(root / "model.ckpt"),
-                                    "--ddim_steps", "2", "--n_samples", "1", "--n_iter", "1", "--plms",
-                                    "--outdir", str(out), "--device", "cpu"])
-    assert sample_main(args) == 0
-    assert (out / "samples" / "00005.png").is_file() and (out / "grid-0001.png").is_file()
-    assert read_png_text(out / "samples" / "00005.png")["prompt"] == "a small cat"
-    assert read_png_text(out / "samples" / "00005.png")["sampler"] == "plms"
-
-
-def test_cli_img2img_and_errors(saved, tmp_path):
-    from lumenkit.common.images import read_image, read_png_text, write_image
-
-    _, root = saved
-    write_image(tmp_path / "init.png", np.random.default_rng(0).random((42, 37, 3)))
-    args = _parse(add_sample_args, ["--prompt", "a cat", "--model", str(root / "model"), "--init-img", str(tmp_path / "init.png"),
-                                    "--strength", "0.5", "--ddim_steps", "4", "--n_samples", "1", "--n_iter", "1",
-                                    "--outdir", str(tmp_path / "o"), "--device", "cpu", "--skip_grid"])
-    assert sample_main(args) == 0
-    f = tmp_path / "o" / "samples" / "00000.png"
-    assert read_image(f).shape == (40, 36, 3)  # resized down to the model's size multiple (4 for tiny)
-    assert read_png_text(f)["strength"] == "0.5"
-    assert not list((tmp_path / "o").glob("grid-*.png"))
-    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
-    for argv, msg in ((["--prompt", "x", "--ckpt", str(tmp_path / "bad.safetensors")], "bad.safetensors"),
-                      (["--model", str(root / "model")], "--prompt"),
-                      (["--prompt", "x", "--model", str(root / "model"), "--n_samples", "0"], "n_samples")):
-        with pytest.raises(LumenkitError, match=msg):
-            sample_main(_parse(add_sample_args, argv + ["--outdir", str(tmp_path / "e"), "--device", "cpu"]))
-
-
-def test_cli_convert_both_directions(saved, tmp_path):
-    pipe, root = saved
-    assert convert_main(_parse(add_convert_args, ["--checkpoint_path", str(root / "model.ckpt"), "--dump_path", str(tmp_path / "f")])) == 0
-    _modules_equal(pipe, Text2Image.from_pretrained(tmp_path / "f", "cpu"))
-    assert convert_main(_parse(add_convert_args, ["--checkpoint_path", str(tmp_path / "f"), "--dump_path", str(tmp_path / "g.safetensors")])) == 0
-    _modules_equal(pipe, Text2Image.from_single_file(tmp_path / "g.safetensors", "cpu"))
 
 
 def test_save_pretrained_replaces_atomically_and_keeps_foreign_entries(saved, tmp_path):

@@ -21,28 +21,57 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lumenkit.common.config import check, check_range, param
 from lumenkit.common.errors import LumenkitError
+from lumenkit.diffusion import SAMPLERS
 from lumenkit.t2i import data as D
+from lumenkit.t2i.pipeline import SHIPPED_MODEL, load_pipeline
 
-SHIPPED_MODEL = Path(__file__).resolve().parent / "pretrained" / "shapes"
-
-# (sampler, steps) of the sampler sweep and the CFG scales of the guidance sweep (spec t2i.md)
-SAMPLER_SWEEP: tuple[tuple[str, int], ...] = (
-    ("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("plms", 20), ("plms", 50), ("euler_a", 20), ("euler_a", 50),
-)
+# sampler:steps of the sampler sweep and the CFG scales of the guidance sweep (spec t2i.md)
+SAMPLER_SWEEP: tuple[str, ...] = ("ddpm:1000", "ddim:10", "ddim:20", "ddim:50", "plms:20", "plms:50", "euler_a:20", "euler_a:50")
 CFG_SWEEP: tuple[float, ...] = (1.0, 3.0, 5.0, 7.5)
+
+
+def parse_sampler_steps(item: str | tuple[str, int], flag: str = "samplers") -> tuple[str, int]:
+    """'ddim:20' (or ('ddim', 20)) -> ('ddim', 20); anything else is a ConfigError naming --flag."""
+    name, _, steps = item.partition(":") if isinstance(item, str) else (item[0], ":", str(item[1]))
+    name, steps = name.strip(), steps.strip()
+    check(name in SAMPLERS and steps.isdigit() and int(steps) >= 1, flag, item if isinstance(item, str) else f"{item[0]}:{item[1]}",
+          f"want NAME:STEPS with NAME in {', '.join(SAMPLERS)} and STEPS >= 1")
+    return name, int(steps)
 
 
 @dataclass
 class EvalConfig:
-    n_prompts: int = 24  # per split (seen and unseen)
-    seed: int = 0
-    sweep_scale: float = 5.0  # CFG scale of the sampler sweep
-    cfg_sampler: tuple[str, int] = ("ddim", 20)  # sampler of the CFG sweep
-    samplers: tuple[tuple[str, int], ...] = SAMPLER_SWEEP
-    scales: tuple[float, ...] = CFG_SWEEP
-    n_real: int = 1000  # real images for the Fréchet reference
-    batch_size: int = 128
+    """What `lumenkit t2i evaluate` measures (each field is a flag of that command)."""
+
+    n_prompts: int = param(24, "prompts per split (seen and unseen)", flag="n-prompts")
+    seed: int = param(0, "seed of the prompt sets and of the initial noise")
+    sweep_scale: float = param(5.0, "CFG scale of the sampler sweep", flag="scale")
+    samplers: tuple[str, ...] = param(SAMPLER_SWEEP, "comma list of NAME:STEPS for the sampler sweep")
+    cfg_sampler: str = param("ddim:20", "NAME:STEPS of the CFG-scale sweep")
+    scales: tuple[float, ...] = param(CFG_SWEEP, "comma list of CFG scales for the CFG-scale sweep")
+    n_real: int = param(1000, "real images for the Fréchet reference")
+    batch_size: int = param(128, "images per sampling batch")
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.n_prompts, int) and self.n_prompts >= 2, "n-prompts", self.n_prompts, "must be >= 2")
+        check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "must be >= 0")
+        check_range("scale", self.sweep_scale)
+        self.samplers = tuple("{}:{}".format(*parse_sampler_steps(s)) for s in self.samplers)
+        check(len(self.samplers) > 0, "samplers", "", "give at least one NAME:STEPS")
+        self.cfg_sampler = "{}:{}".format(*parse_sampler_steps(self.cfg_sampler, "cfg_sampler"))
+        self.scales = tuple(float(x) for x in self.scales)
+        for x in self.scales:
+            check_range("scales", x)
+        check(isinstance(self.n_real, int) and self.n_real >= 2, "n_real", self.n_real, "must be >= 2")
+        check(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+
+    def settings(self) -> list[tuple[str, int, float]]:
+        """(sampler, steps, CFG scale) of every generation run: the sampler sweep, then the CFG sweep."""
+        out = [(*parse_sampler_steps(s), self.sweep_scale) for s in self.samplers]
+        name, steps = parse_sampler_steps(self.cfg_sampler)
+        return out + [(name, steps, sc) for sc in self.scales if (name, steps, sc) not in out]
 
 
 @dataclass
@@ -65,16 +94,6 @@ def prompt_set(n: int, split: str, seed: int = 0) -> list[D.Scene]:
     rng = np.random.default_rng([seed, 7, len(pool)])
     pick = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
     return [pool[i] for i in pick]
-
-
-def load_pipeline(model_dir: str | Path | None = None, device: str | torch.device = "cpu"):
-    """Text2Image of a diffusers-format folder (default: the shipped shapes model)."""
-    from lumenkit.t2i.pipeline import Text2Image
-
-    model_dir = Path(model_dir) if model_dir else SHIPPED_MODEL
-    if not model_dir.is_dir():
-        raise LumenkitError(f"--model {model_dir}: no such model folder (train one with `lumenkit t2i train all`)")
-    return Text2Image.from_pretrained(model_dir, device=device)
 
 
 @torch.no_grad()
@@ -154,12 +173,6 @@ def _accuracies(oracle, images: torch.Tensor, scenes: list[D.Scene]) -> tuple[fl
     return attr["all"], attr
 
 
-def _settings(cfg: EvalConfig) -> list[tuple[str, int, float]]:
-    out = [(s, n, cfg.sweep_scale) for s, n in cfg.samplers]
-    out += [(cfg.cfg_sampler[0], cfg.cfg_sampler[1], sc) for sc in cfg.scales if (cfg.cfg_sampler[0], cfg.cfg_sampler[1], sc) not in out]
-    return out
-
-
 def _eval_settings(model_dir: str, cfg: EvalConfig, settings: list, real_feats: torch.Tensor, device="cpu",
                    progress: bool = True, threads: int = 0) -> list[dict]:
     """Rows (as dicts) of the given (sampler, steps, scale) settings; runs in a worker process when jobs > 1."""
@@ -217,7 +230,7 @@ def evaluate(model_dir: str | Path | None = None, cfg: EvalConfig | None = None,
     real = D.make_batch(np.random.default_rng([cfg.seed, 3]), cfg.n_real, "all")
     real_feats = oracle.embed(real.images)
     real_same = D.to_tensor(D.render_batch(scenes, np.random.default_rng([cfg.seed, 4])))
-    settings = _settings(cfg)
+    settings = cfg.settings()
     if jobs > 1 and torch.device(device).type == "cpu":
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor

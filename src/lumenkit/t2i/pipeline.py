@@ -11,26 +11,36 @@ classifier-free guidance (uncond = "" or the negative prompt); decode with the V
 - `save_pretrained(dir)`: diffusers layout, written atomically (temporary folder, then rename);
 - `pipe(prompt, num_inference_steps=50, guidance_scale=7.5, generator=...) -> [B, H, W, 3]` in [0, 1].
 
-`add_sample_args` / `sample_main` implement `lumenkit t2i sample` with the flags of CompVis
-`scripts/txt2img.py`; `add_convert_args` / `convert_main` implement `lumenkit t2i convert`.
+`load_pipeline(model=None, ...)` is the one loader the CLI, the evaluation and the benchmarks use
+(default: the model shipped in the package, `SHIPPED_MODEL`); `write_scheduler_and_index(dir, ...)`
+writes the SD scheduler/scheduler_config.json and model_index.json of a diffusers folder.
+The command line (`lumenkit t2i sample` / `convert`) is in cli.py.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from lumenkit.common.config import read_json
+from lumenkit.common.device import resolve_device
 from lumenkit.common.errors import LumenkitError
+from lumenkit.common.fileio import atomic_write_json
+from lumenkit.diffusion import SAMPLERS, NoiseSchedule, sample
+from lumenkit.t2i import convert
+from lumenkit.t2i.models import build_text_encoder, build_unet, build_vae, preset_config, text_config
+from lumenkit.t2i.tokenizer import load_tokenizer, save_tokenizer, tokenizer_files, tokenizer_from_files
 
-SAMPLERS = ("ddim", "ddpm", "plms", "euler_a")
+# the small model trained here and shipped in the package (diffusers layout, plus clip/ and oracle/)
+SHIPPED_MODEL = Path(__file__).resolve().parent / "pretrained" / "shapes"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
 SCHEDULER_CONFIG = {  # Stable Diffusion 1.x's scheduler/scheduler_config.json (diffusers DDIMScheduler)
     "_class_name": "DDIMScheduler",
@@ -48,15 +58,8 @@ _PREDICTION = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 _BETA_KIND = {"scaled_linear": "linear", "linear": "sqrt_linear", "squaredcos_cap_v2": "cosine"}
 
 
-def default_model_dir() -> Path:
-    """The small model trained here and shipped in the package (diffusers layout)."""
-    return Path(__file__).resolve().parent / "pretrained" / "shapes"
-
-
 def schedule_from_scheduler_config(cfg: dict) -> tuple[Any, str]:
     """diffusers scheduler_config.json -> (lumenkit NoiseSchedule, parameterization 'eps'|'v'|'x0')."""
-    from lumenkit.diffusion import NoiseSchedule
-
     pred = _PREDICTION.get(cfg.get("prediction_type", "epsilon"))
     if pred is None:
         raise LumenkitError(f"scheduler_config.json: prediction_type {cfg.get('prediction_type')!r} unsupported")
@@ -88,47 +91,60 @@ def scheduler_config_from_preset(schedule: dict, parameterization: str = "eps") 
     return cfg
 
 
-def _tokenizer_from_files(files: dict[str, str]):
-    """CLIPTokenizer from {filename: text} (vocab.json, merges.txt, tokenizer_config.json, ...)."""
-    from transformers import CLIPTokenizer
+@contextlib.contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """No transformers "Loading weights" bar on stderr while loading (the CLI's stderr is for errors)."""
+    from transformers.utils import logging as hf_logging
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, text in files.items():
-            Path(tmp, Path(name).name).write_text(text, encoding="utf-8")
-        return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
-
-
-def _tokenizer_files(tokenizer) -> dict[str, str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        save_tokenizer(tokenizer, tmp)
-        return {p.name: p.read_text(encoding="utf-8") for p in Path(tmp).iterdir() if p.is_file()}
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
-def _load_tokenizer(path: str | Path):
-    from transformers import CLIPTokenizer
+def model_index(scheduler_class: str = "DDIMScheduler") -> dict:
+    """model_index.json of a diffusers StableDiffusionPipeline folder (no safety checker)."""
+    import diffusers
 
-    path = Path(path)
-    has_bpe = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
-    if not has_bpe and not (path / "tokenizer.json").is_file():
-        raise LumenkitError(f"{path}: not a CLIP tokenizer folder (needs vocab.json and merges.txt)")
-    return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", scheduler_class],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
 
 
-def save_tokenizer(tokenizer, folder: str | Path) -> Path:
-    """Save a CLIPTokenizer in the classic SD layout: vocab.json + merges.txt + tokenizer_config.json +
-    special_tokens_map.json (transformers 5 alone writes only tokenizer.json; we keep that too)."""
+def write_scheduler_and_index(folder: str | os.PathLike, scheduler_config: dict | None = None) -> Path:
+    """Write folder/scheduler/scheduler_config.json (default: SD 1.x's, SCHEDULER_CONFIG; for a models.py
+    preset schedule use scheduler_config_from_preset(preset["schedule"])) and folder/model_index.json."""
     folder = Path(folder)
-    tokenizer.save_pretrained(str(folder))
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and not (folder / "vocab.json").is_file():
-        model = json.loads(backend.to_str())["model"]
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-        (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
-        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    if not (folder / "special_tokens_map.json").is_file():
-        special = {k: str(getattr(tokenizer, k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token") if getattr(tokenizer, k, None)}
-        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    cfg = dict(scheduler_config or SCHEDULER_CONFIG)
+    atomic_write_json(folder / "scheduler" / "scheduler_config.json", cfg)
+    atomic_write_json(folder / "model_index.json", model_index(cfg.get("_class_name", "DDIMScheduler")))
     return folder
+
+
+def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device = "auto", *,
+                  ckpt: str | os.PathLike | None = None, tokenizer: str | os.PathLike | None = None,
+                  preset: str | None = None, use_ema: bool = False, dtype: torch.dtype = torch.float32) -> "Text2Image":
+    """The model the user named: `ckpt` (an original-layout single file, see from_single_file) or the
+    diffusers folder `model` (default: SHIPPED_MODEL, the model shipped in the package)."""
+    if ckpt is not None:
+        if model is not None:
+            raise LumenkitError("--model and --ckpt exclude each other: give one")
+        return Text2Image.from_single_file(ckpt, device, dtype, config=preset, tokenizer=tokenizer, use_ema=use_ema)
+    if model is None and not SHIPPED_MODEL.is_dir():
+        raise LumenkitError(f"no model given and the shipped model is missing at {SHIPPED_MODEL}: pass --model DIR or --ckpt FILE")
+    return Text2Image.from_pretrained(model or SHIPPED_MODEL, device, dtype)
 
 
 @dataclass
@@ -163,29 +179,25 @@ class Text2Image:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        from lumenkit.common.device import resolve_device
-
         path = Path(path)
         if not path.is_dir():
             raise LumenkitError(f"{path}: no such model folder (want a diffusers-format SD folder)")
         missing = [c for c in COMPONENTS if not (path / c).is_dir()]
         if missing:
             raise LumenkitError(f"{path}: not a diffusers Stable Diffusion folder (missing {', '.join(c + '/' for c in missing)})")
-        kw = dict(local_files_only=True)
-        try:
-            tokenizer = _load_tokenizer(path / "tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(str(path / "text_encoder"), **kw)
-            vae = AutoencoderKL.from_pretrained(str(path / "vae"), **kw)
-            unet = UNet2DConditionModel.from_pretrained(str(path / "unet"), **kw)
-        except LumenkitError:
-            raise
-        except (OSError, ValueError, EnvironmentError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LumenkitError(f"{path}: cannot load the model folder ({first})") from None
+        tokenizer = load_tokenizer(path / "tokenizer")
+        modules = {}
+        for name, kind in (("text_encoder", CLIPTextModel), ("vae", AutoencoderKL), ("unet", UNet2DConditionModel)):
+            try:
+                with _no_loading_bars():
+                    modules[name] = kind.from_pretrained(str(path / name), local_files_only=True)
+            except (OSError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise LumenkitError(f"{path / name}: cannot load the {kind.__name__} ({first})") from None
         sched_file = path / "scheduler" / "scheduler_config.json"
-        sched_cfg = json.loads(sched_file.read_text()) if sched_file.is_file() else dict(SCHEDULER_CONFIG)
+        sched_cfg = read_json(sched_file, what="scheduler config") if sched_file.is_file() else dict(SCHEDULER_CONFIG)
         schedule, pred = schedule_from_scheduler_config(sched_cfg)
-        return cls(tokenizer, text_encoder, vae, unet, schedule, resolve_device(device), dtype, pred, sched_cfg)
+        return cls(tokenizer, modules["text_encoder"], modules["vae"], modules["unet"], schedule, resolve_device(device), dtype, pred, sched_cfg)
 
     @classmethod
     def from_single_file(
@@ -208,10 +220,6 @@ class Text2Image:
         from accelerate import init_empty_weights
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
-
-        from lumenkit.common.device import resolve_device
-        from lumenkit.t2i import convert
-        from lumenkit.t2i.models import preset_config, text_config
 
         path = Path(path)
         sd, meta = convert.read_checkpoint(path)
@@ -238,9 +246,9 @@ class Text2Image:
                     f"{path}: this checkpoint carries no tokenizer; pass a CLIP tokenizer folder "
                     "(--tokenizer DIR, the tokenizer/ folder of any SD 1.x model: vocab.json + merges.txt)"
                 )
-            tokenizer = _tokenizer_from_files(json.loads(meta[convert.TOKENIZER_KEY]))
+            tokenizer = tokenizer_from_files(json.loads(meta[convert.TOKENIZER_KEY]))
         elif isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = _load_tokenizer(tokenizer)
+            tokenizer = load_tokenizer(tokenizer)
         if len(tokenizer) > tok_emb.shape[0]:
             raise LumenkitError(f"{path}: tokenizer has {len(tokenizer)} tokens, the text encoder only {tok_emb.shape[0]}")
         sched_cfg = scheduler_config_from_preset(cfg.get("schedule", {}))
@@ -254,12 +262,9 @@ class Text2Image:
     ) -> "Text2Image":
         """Randomly initialised model of a models.py preset (for training starts, tests and timing).
         vocab_size defaults to the preset's, else len(tokenizer)."""
-        from lumenkit.common.device import resolve_device
-        from lumenkit.t2i.models import build_text_encoder, build_unet, build_vae, preset_config
-
         cfg = preset_config(preset)
         if isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = _load_tokenizer(tokenizer)
+            tokenizer = load_tokenizer(tokenizer)
         vocab = vocab_size or cfg["text"].get("vocab_size") or len(tokenizer)
         torch.manual_seed(seed)
         text_encoder = build_text_encoder(cfg, vocab)
@@ -274,8 +279,6 @@ class Text2Image:
         onto `path` (an existing folder there is replaced only after the new one is complete; its entries
         that this pipeline does not write, e.g. clip/ or a training log, are kept).
         `extra` = {subfolder: module with save_pretrained} adds folders of our own (e.g. clip/)."""
-        import diffusers
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -286,21 +289,7 @@ class Text2Image:
             save_tokenizer(self.tokenizer, tmp / "tokenizer")
             for name, module in (extra or {}).items():
                 module.save_pretrained(tmp / name)
-            (tmp / "scheduler").mkdir()
-            (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(self.scheduler_config, indent=2) + "\n")
-            index = {
-                "_class_name": "StableDiffusionPipeline",
-                "_diffusers_version": diffusers.__version__,
-                "feature_extractor": [None, None],
-                "requires_safety_checker": False,
-                "safety_checker": [None, None],
-                "scheduler": ["diffusers", self.scheduler_config.get("_class_name", "DDIMScheduler")],
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-            }
-            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            write_scheduler_and_index(tmp, self.scheduler_config)
             if path.is_dir():  # keep what others put in the folder (clip/, oracle/, logs): copied, not moved
                 for entry in path.iterdir():
                     if not (tmp / entry.name).exists():
@@ -319,13 +308,11 @@ class Text2Image:
 
     def save_single_file(self, path: str | os.PathLike, config: dict | None = None) -> Path:
         """Write an original-layout SD 1.x checkpoint (.safetensors or .ckpt) with config + tokenizer inside."""
-        from lumenkit.t2i import convert
-
         cfg = config if config is not None else self.preset_dict()
         sd = convert.diffusers_to_original(
             self.unet.state_dict(), self.vae.state_dict(), self.text_encoder.state_dict(), cfg["unet"], cfg["vae"]
         )
-        return convert.write_checkpoint(path, sd, cfg, _tokenizer_files(self.tokenizer))
+        return convert.write_checkpoint(path, sd, cfg, tokenizer_files(self.tokenizer))
 
     def preset_dict(self) -> dict:
         """The models.py-style config of this pipeline (unet, vae, text, schedule, image_size, max_length)."""
@@ -427,8 +414,6 @@ class Text2Image:
         generator is a CPU one, as diffusers does). Returns [B, H, W, 3] float32 in [0, 1] ("np"),
         [B, 3, H, W] ("pt") or the final scaled latents ("latent").
         """
-        from lumenkit.diffusion import sample
-
         if sampler not in SAMPLERS:
             raise LumenkitError(f"sampler {sampler!r} unknown (choose from {', '.join(SAMPLERS)})")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -521,185 +506,3 @@ def _public_config(cfg) -> dict:
             continue
         out[k] = list(v) if isinstance(v, tuple) else v
     return out
-
-
-# ================================================================================================ CLI
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--model", metavar="DIR", help="diffusers-format SD folder (default: the shipped shapes model)")
-    g.add_argument("--ckpt", metavar="FILE", help="original-layout SD 1.x .safetensors/.ckpt (loaded safely)")
-    p.add_argument("--tokenizer", metavar="DIR", help="CLIP tokenizer folder for a --ckpt that carries none (real SD files)")
-    p.add_argument("--preset", default=None, help="architecture of --ckpt (sd15, shapes, tiny; default: stored in the file, else sd15)")
-    p.add_argument("--use_ema", action="store_true", help="--ckpt: take the UNet's model_ema weights (CompVis training checkpoints)")
-
-
-def load_pipeline(args: argparse.Namespace, device: torch.device | str = "auto") -> Text2Image:
-    """The model named by --model / --ckpt (default: the shipped model)."""
-    if getattr(args, "ckpt", None):
-        return Text2Image.from_single_file(args.ckpt, device, config=args.preset, tokenizer=args.tokenizer, use_ema=args.use_ema)
-    model = getattr(args, "model", None) or default_model_dir()
-    if not getattr(args, "model", None) and not Path(model).is_dir():
-        raise LumenkitError(f"no model given and the shipped model is missing at {model}: pass --model DIR or --ckpt FILE")
-    return Text2Image.from_pretrained(model, device)
-
-
-def add_sample_args(p: argparse.ArgumentParser) -> None:
-    """Flags of CompVis scripts/txt2img.py (+ img2img's --init-img/--strength, --negative_prompt, --sampler)."""
-    from lumenkit.common.device import add_device_arg
-
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", type=str, nargs="?", default=None, help="the prompt to render")
-    src.add_argument("--from-file", dest="from_file", metavar="FILE", help="one prompt per line")
-    p.add_argument("--negative_prompt", default="", help="what to steer away from (replaces the empty unconditional prompt)")
-    p.add_argument("--outdir", default="outputs/txt2img-samples", help="images go to OUTDIR/samples/NNNNN.png, grids to OUTDIR/grid-NNNN.png")
-    p.add_argument("--skip_grid", action="store_true", help="do not write a grid")
-    p.add_argument("--skip_save", action="store_true", help="do not write individual samples")
-    p.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps")
-    p.add_argument("--plms", action="store_true", help="use PLMS sampling (same as --sampler plms)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="ddim (default), ddpm, plms or euler_a")
-    p.add_argument("--ddim_eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
-    p.add_argument("--n_iter", type=int, default=2, help="sample this often")
-    p.add_argument("--H", type=int, default=None, help="image height in pixels (default: the model's size)")
-    p.add_argument("--W", type=int, default=None, help="image width in pixels (default: the model's size)")
-    p.add_argument("--n_samples", type=int, default=3, help="images per prompt per iteration (the batch size)")
-    p.add_argument("--n_rows", type=int, default=0, help="columns in the grid (default: n_samples)")
-    p.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale (1: no guidance)")
-    p.add_argument("--seed", type=int, default=42, help="seed (reproducible sampling)")
-    p.add_argument("--init-img", dest="init_img", metavar="IMAGE", help="img2img: start from this image")
-    p.add_argument("--strength", type=float, default=0.75, help="img2img: noise strength in [0, 1] (1 destroys the init image)")
-    add_model_args(p)
-    add_device_arg(p)
-
-
-def _read_prompts(args: argparse.Namespace) -> list[str]:
-    if args.from_file:
-        f = Path(args.from_file)
-        if not f.is_file():
-            raise LumenkitError(f"--from-file {f}: no such file")
-        prompts = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if not prompts:
-            raise LumenkitError(f"--from-file {f}: no prompts in it")
-        return prompts
-    if not args.prompt:
-        raise LumenkitError("give --prompt TEXT or --from-file FILE")
-    return [args.prompt]
-
-
-def _load_init_image(path: str, height: int | None, width: int | None, mult: int) -> np.ndarray:
-    """Read an init image as [H, W, 3] in [0, 1], resized to HxW (default: its size rounded down to `mult`)."""
-    import cv2
-
-    from lumenkit.common.images import read_image
-
-    img = read_image(path, keep_alpha=False)
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    h, w = img.shape[:2]
-    H = height or max(mult, h - h % mult)
-    W = width or max(mult, w - w % mult)
-    if (H, W) != (h, w):
-        img = cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA if W < w else cv2.INTER_CUBIC)
-    return np.clip(img, 0, 1).astype(np.float32)
-
-
-def sample_main(args: argparse.Namespace) -> int:
-    """`lumenkit t2i sample`: txt2img (or img2img with --init-img), PNGs with prompt+params in tEXt."""
-    from lumenkit.common.device import resolve_device
-    from lumenkit.common.images import make_grid, write_image
-    from lumenkit.common.seed import make_generator, seed_everything
-
-    prompts = _read_prompts(args)
-    for flag in ("n_samples", "n_iter", "ddim_steps"):
-        if getattr(args, flag) < 1:
-            raise LumenkitError(f"--{flag} must be >= 1")
-    sampler = "plms" if args.plms else args.sampler
-    device = resolve_device(args.device)
-    pipe = load_pipeline(args, device)
-    init = None
-    if args.init_img:
-        init = _load_init_image(args.init_img, args.H, args.W, pipe.size_multiple)
-    H = args.H or (init.shape[0] if init is not None else pipe.default_size())
-    W = args.W or (init.shape[1] if init is not None else pipe.default_size())
-
-    outdir = Path(args.outdir)
-    sample_dir = outdir / "samples"
-    sample_dir.mkdir(parents=True, exist_ok=True)
-    base_count = len(list(sample_dir.glob("*.png")))
-    grid_count = len(list(outdir.glob("grid-*.png")))
-    seed_everything(args.seed)
-    generator = make_generator(args.seed, "cpu")
-    model_name = args.ckpt or args.model or str(default_model_dir())
-    written, grid_images = [], []
-    for it in range(args.n_iter):
-        for prompt in prompts:
-            images = pipe(
-                prompt,
-                negative_prompt=args.negative_prompt or None,
-                num_inference_steps=args.ddim_steps,
-                guidance_scale=args.scale,
-                eta=args.ddim_eta if sampler == "ddim" else None,
-                sampler=sampler,
-                height=H,
-                width=W,
-                num_images_per_prompt=args.n_samples,
-                generator=generator,
-                init_image=init,
-                strength=args.strength,
-            )
-            for j, img in enumerate(images):
-                meta = {
-                    "prompt": prompt,
-                    "negative_prompt": args.negative_prompt,
-                    "sampler": sampler,
-                    "steps": str(args.ddim_steps),
-                    "scale": str(args.scale),
-                    "eta": str(args.ddim_eta),
-                    "seed": str(args.seed),
-                    "iteration": str(it),
-                    "index_in_batch": str(j),
-                    "size": f"{W}x{H}",
-                    "model": str(model_name),
-                    "software": "lumenkit t2i sample",
-                }
-                if init is not None:
-                    meta.update(init_img=str(args.init_img), strength=str(args.strength))
-                if not args.skip_save:
-                    p = write_image(sample_dir / f"{base_count:05}.png", img, metadata=meta)
-                    written.append(p)
-                    base_count += 1
-                grid_images.append(img)
-    if not args.skip_grid:
-        ncols = args.n_rows if args.n_rows > 0 else args.n_samples
-        grid = make_grid(list(grid_images), ncols=ncols)
-        meta = {"prompts": json.dumps(prompts), "sampler": sampler, "steps": str(args.ddim_steps), "scale": str(args.scale),
-                "seed": str(args.seed), "model": str(model_name), "software": "lumenkit t2i sample"}
-        gp = write_image(outdir / f"grid-{grid_count:04}.png", grid, metadata=meta)
-        print(f"grid: {gp}")
-    print(f"{len(written)} samples in {sample_dir}")
-    return 0
-
-
-def add_convert_args(p: argparse.ArgumentParser) -> None:
-    """Flags of diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py (subset), both directions."""
-    p.add_argument("--checkpoint_path", required=True, help="input: an SD 1.x .safetensors/.ckpt, or a diffusers folder")
-    p.add_argument("--dump_path", required=True, help="output: a folder (diffusers layout) or a .safetensors/.ckpt file (original layout)")
-    p.add_argument("--tokenizer", metavar="DIR", help="CLIP tokenizer folder for a checkpoint that carries none")
-    p.add_argument("--preset", default=None, help="architecture of the input checkpoint (default: stored in the file, else sd15)")
-    p.add_argument("--extract_ema", action="store_true", help="take the UNet's EMA weights from a CompVis training checkpoint")
-
-
-def convert_main(args: argparse.Namespace) -> int:
-    """`lumenkit t2i convert`: single file -> diffusers folder, or diffusers folder -> single file."""
-    src, dst = Path(args.checkpoint_path), Path(args.dump_path)
-    if src.is_dir():
-        pipe = Text2Image.from_pretrained(src, "cpu")
-    else:
-        pipe = Text2Image.from_single_file(src, "cpu", config=args.preset, tokenizer=args.tokenizer, use_ema=args.extract_ema)
-    if dst.suffix in (".safetensors", ".ckpt"):
-        pipe.save_single_file(dst)
-    else:
-        pipe.save_pretrained(dst)
-    print(f"wrote {dst}")
-    return 0

@@ -16,6 +16,7 @@ encodes (byte fallback) without unknown tokens.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -127,20 +128,53 @@ def write_tokenizer(out: str | Path, words: Iterable[str] | None = None, max_len
 
 
 def load_tokenizer(folder: str | Path):
-    """transformers.CLIPTokenizer from a folder holding vocab.json + merges.txt (ours or SD's)."""
+    """transformers.CLIPTokenizer from a tokenizer folder (ours or SD's: vocab.json + merges.txt, or a
+    tokenizer.json; special tokens and model_max_length from its tokenizer_config.json), local files only."""
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
-    for name in ("vocab.json", "merges.txt"):
-        if not (folder / name).is_file():
-            raise LumenkitError(f"{folder}: not a CLIP tokenizer folder (missing {name})")
-    cfg = {}
-    if (folder / "tokenizer_config.json").is_file():
-        cfg = json.loads((folder / "tokenizer_config.json").read_text())
-    vocab = json.loads((folder / "vocab.json").read_text())
-    merges = [tuple(l.split()) for l in (folder / "merges.txt").read_text().splitlines()[1:] if l.strip()]
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=int(cfg.get("model_max_length", 77)))
-    return tok
+    if not folder.is_dir():
+        raise LumenkitError(f"{folder}: no such tokenizer folder")
+    has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    if not has_bpe and not (folder / "tokenizer.json").is_file():
+        raise LumenkitError(f"{folder}: not a CLIP tokenizer folder (needs vocab.json and merges.txt)")
+    try:
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LumenkitError(f"{folder}: cannot read the CLIP tokenizer ({first})") from None
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> Path:
+    """Save a CLIPTokenizer in the classic SD layout: vocab.json + merges.txt + tokenizer_config.json +
+    special_tokens_map.json (transformers 5 alone writes only tokenizer.json; we keep that too)."""
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not (folder / "vocab.json").is_file():
+        model = json.loads(backend.to_str())["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    if not (folder / "special_tokens_map.json").is_file():
+        special = {k: str(getattr(tokenizer, k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token") if getattr(tokenizer, k, None)}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    return folder
+
+
+def tokenizer_files(tokenizer) -> dict[str, str]:
+    """{filename: text} of the saved tokenizer folder (stored inside our single-file checkpoints)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_tokenizer(tokenizer, tmp)
+        return {p.name: p.read_text(encoding="utf-8") for p in Path(tmp).iterdir() if p.is_file()}
+
+
+def tokenizer_from_files(files: dict[str, str]):
+    """The CLIPTokenizer of {filename: text} (the inverse of tokenizer_files)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            Path(tmp, Path(name).name).write_text(text, encoding="utf-8")
+        return load_tokenizer(tmp)
 
 
 def tokenize(tokenizer, prompts: list[str], max_length: int | None = None):
