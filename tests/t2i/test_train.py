@@ -12,14 +12,6 @@ def _weights(folder, name="checkpoint.pt", key="model"):
     return torch.load(folder / name, weights_only=True)[key]
 
 
-def test_lr_schedule_warmup_and_cosine():
-    cfg = T.UnetConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
-    assert T.lr_at(cfg, 0) == pytest.approx(1e-4)
-    assert T.lr_at(cfg, 9) == pytest.approx(1e-3)
-    assert T.lr_at(cfg, 10) == pytest.approx(1e-3)
-    assert T.lr_at(cfg, 100) == pytest.approx(1e-4)
-
-
 def test_oracle_training_reduces_loss(tmp_path):
     cfg = T.OracleConfig(steps=40, batch_size=32, lr=3e-3, warmup_steps=2, eval_images=32)
     torch.manual_seed(0)
@@ -38,11 +30,12 @@ def test_oracle_training_reduces_loss(tmp_path):
 
 
 def test_resume_continues_identically(tmp_path):
-    cfg4 = T.VaeConfig(steps=4, batch_size=4, preset="tiny", ckpt_every=2, amp=False, eval_images=8)
+    cfg4 = T.VaeConfig(steps=4, batch_size=4, preset="tiny", ckpt_every=2, mixed_precision="no", eval_images=8)
     T.run_vae(tmp_path / "straight", cfg4, progress=False)
-    cfg2 = T.VaeConfig(steps=2, batch_size=4, preset="tiny", ckpt_every=2, amp=False, eval_images=8)
+    cfg2 = T.VaeConfig(steps=2, batch_size=4, preset="tiny", ckpt_every=2, mixed_precision="no", eval_images=8)
     T.run_vae(tmp_path / "resumed", cfg2, progress=False)
-    assert _weights(tmp_path / "resumed" / "vae_train").keys()
+    half, full = _weights(tmp_path / "resumed" / "vae_train"), _weights(tmp_path / "straight" / "vae_train")
+    assert any(not torch.equal(half[k], full[k]) for k in full)  # 2 steps are not 4: the comparison below can fail
     T.run_vae(tmp_path / "resumed", cfg4, progress=False)  # picks up at step 2
     a, b = _weights(tmp_path / "straight" / "vae_train"), _weights(tmp_path / "resumed" / "vae_train")
     assert torch.load(tmp_path / "resumed" / "vae_train" / "checkpoint.pt", weights_only=True)["step"] == 4
@@ -88,7 +81,7 @@ def test_cli_resume_keeps_the_saved_recipe(tmp_path):
     from lumenkit.cli import main
 
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"vae": {"preset": "tiny", "batch_size": 4, "ckpt_every": 2, "amp": False, "eval_images": 8}}))
+    recipe.write_text(json.dumps({"vae": {"preset": "tiny", "batch_size": 4, "ckpt_every": 2, "mixed_precision": "no", "eval_images": 8}}))
     out = tmp_path / "w"
     for extra in (["--config", str(recipe), "--steps", "2"], ["--steps", "4"]):
         with pytest.raises(SystemExit) as exc:

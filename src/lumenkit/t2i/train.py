@@ -1,11 +1,11 @@
 """Training the small Stable Diffusion on the shapes world: CLIP, then the VAE, then the UNet (seed 003).
 
-Each stage is a dataclass config (saved as ``config.json`` beside its checkpoints) and a loop with
-AdamW, linear warmup, gradient clipping, bf16 autocast on CPU (fp32 master weights), a tqdm bar
-with loss and images/s, and an atomic checkpoint every ``ckpt_every`` steps (``checkpoint.pt``:
-weights, optimizer, EMA, step; loaded with ``torch.load(weights_only=True)``). Batches and noise are
-drawn from generators seeded with (seed, step), so a resumed run continues exactly as an
-uninterrupted one.
+Each stage is a dataclass config (a `lumenkit.common.train_loop.TrainConfig`, saved as ``config.json``
+beside its checkpoints) and a loss function; the loop is the one training engine
+(`lumenkit.common.train_loop.train`: AdamW, warm-up, clipping, bf16 autocast, EMA, atomic resumable
+checkpoints, 1 or N processes). Each step's global batch and noise are drawn from generators seeded
+with (seed, step) and every process computes its rows of it, so a resumed run continues exactly and
+N processes take the same steps as one.
 
 Stages (``run_clip``, ``run_vae``, ``run_unet``, ``run_oracle``, ``run_all``):
 
@@ -24,18 +24,19 @@ c. UNet: diffusers ``UNet2DConditionModel`` predicting eps on noised latents
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lumenkit.common.config import config_from_dict, config_to_dict, param
 from lumenkit.common.errors import LumenkitError
-from lumenkit.common.fileio import atomic_path, atomic_write_json
+from lumenkit.common.fileio import atomic_dir, atomic_write_json, save_pretrained_atomic
+from lumenkit.common.train_loop import TrainConfig, TrainResult, batch_rng, make_accelerator, torch_gen, train
 from lumenkit.t2i import data as D
 
 # ------------------------------------------------------------------------------------------ configs
@@ -63,60 +64,45 @@ def shapes_model_config(preset: str = "shapes") -> dict[str, Any]:
 
 
 @dataclass
-class StageConfig:
-    """Fields shared by every stage."""
+class StageConfig(TrainConfig):
+    """Fields shared by every stage: the engine's (TrainConfig) and the model preset."""
 
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-    seed: int = 0
-    amp: bool = True  # bf16 autocast (CPU with AMX/AVX512-bf16, or CUDA)
-    ckpt_every: int = 100
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock time; 0 = no limit
-    preset: str = "shapes"
-    min_lr_ratio: float = 1.0  # cosine decay after warmup to lr * min_lr_ratio (1.0 = constant lr)
+    preset: Literal["shapes", "tiny"] = param("shapes", "model size preset of lumenkit.t2i.models")
 
 
 @dataclass
 class ClipConfig(StageConfig):
     steps: int = 600
-    batch_size: int = 128
+    batch_size: int = param(128, "global batch; the contrastive loss sees batch_size / gradient_accumulation_steps pairs")
     lr: float = 5e-4
     weight_decay: float = 0.1
-    warmup_steps: int = 50
 
 
 @dataclass
 class VaeConfig(StageConfig):
     steps: int = 1500
     batch_size: int = 32
-    lr: float = 1e-3
-    kl_weight: float = 1e-6
-    mse_weight: float = 1.0
-    warmup_steps: int = 50
-    crop: int = 32  # train on random crops of this size (the VAE is convolutional; 0 = whole 64x64 images)
-    decoder_only: bool = False  # fine-tune only the decoder of out/vae (latents unchanged, as SD's ft-MSE VAE)
-    eval_images: int = 256  # fresh images for the final PSNR and the latent std (scaling_factor)
+    kl_weight: float = param(1e-6, "weight of KL(q(z|x) || N(0, I)) per pixel value")
+    mse_weight: float = param(1.0, "weight of the MSE beside the L1 reconstruction loss")
+    crop: int = param(32, "train on random crops of this size (the VAE is convolutional; 0 = whole 64x64 images)")
+    decoder_only: bool = param(False, "fine-tune only the decoder of OUT/vae (latents unchanged, as SD's ft-MSE VAE)")
+    eval_images: int = param(256, "fresh images for the final PSNR and the latent std (scaling_factor)")
 
 
 @dataclass
 class UnetConfig(StageConfig):
     steps: int = 4000
     batch_size: int = 64
-    lr: float = 1e-3
     warmup_steps: int = 200
-    caption_dropout: float = 0.1
+    caption_dropout: float = param(0.1, "probability of the empty caption (for classifier-free guidance)")
     ema_decay: float = 0.999
-    n_latents: int = 16384  # training images encoded once by the frozen VAE (captions are finite)
+    n_latents: int = param(16384, "training images encoded once by the frozen VAE (captions are finite)")
     min_lr_ratio: float = 0.1
-    snr_gamma: float = 5.0  # Min-SNR-gamma loss weighting (Hang et al. 2023): w = min(SNR, g) / SNR; 0 = plain MSE
+    snr_gamma: float = param(5.0, "Min-SNR-gamma loss weighting (Hang et al. 2023): w = min(SNR, g) / SNR; 0 = plain MSE")
     # offset noise (Guttenberg 2023; diffusers' --noise_offset): eps += offset * N(0, 1) per sample and channel.
     # The shapes world's backgrounds are whole-image colours, i.e. latent channel means of +-1.8; with plain
     # eps-prediction the sampler shrank them to ~60% (white came out pink), measured at step 1900.
-    noise_offset: float = 0.1
+    noise_offset: float = param(0.1, "offset noise: eps += offset x N(0, 1) per sample and channel")
 
 
 @dataclass
@@ -124,190 +110,54 @@ class OracleConfig(StageConfig):
     steps: int = 1200
     batch_size: int = 128
     lr: float = 2e-3
-    warmup_steps: int = 50
-    amp: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     min_lr_ratio: float = 0.01  # cosine decay: at a constant lr the BatchNorm net's accuracy jitters by a point or two
-    eval_images: int = 2000  # fresh images for the final held-out accuracy
-    augment: bool = True  # train on oracle.degrade()d images too (generated images are softer than renders)
+    eval_images: int = param(2000, "fresh images for the final held-out accuracy")
+    augment: bool = param(True, "train on oracle.degrade()d images too (generated images are softer than renders)")
 
 
 STAGE_CONFIGS = {"clip": ClipConfig, "vae": VaeConfig, "unet": UnetConfig, "oracle": OracleConfig}
 
 
-def config_from_dict(cls, d: dict) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
+def stage_config_from_dict(cls: type[StageConfig], d: dict, source: str = "config") -> StageConfig:
+    """A stage config from JSON (strict keys); configs saved before the training engine said amp: true|false."""
+    d = dict(d)
+    if "amp" in d:
+        d.setdefault("mixed_precision", "bf16" if d.pop("amp") else "no")
+    return config_from_dict(cls, d, source=source)
 
 
-# ------------------------------------------------------------------------------------------ helpers
-def lr_at(cfg: StageConfig, step: int) -> float:
-    """Linear warmup for warmup_steps, then cosine decay to lr * min_lr_ratio (1.0 = constant)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    ratio = cfg.min_lr_ratio
-    prog = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
-
-
-def batch_rng(seed: int, step: int) -> np.random.Generator:
-    """The data generator of one step: a pure function of (seed, step), so resuming is exact."""
-    return np.random.default_rng([seed, step])
-
-
-def torch_gen(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step) + 17)
-
-
-def autocast(cfg: StageConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic torch.save of plain tensors/dicts/numbers (loadable with weights_only=True)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise LumenkitError(f"{path}: unreadable checkpoint ({exc}); delete it to start this stage afresh") from None
-
-
-def write_stage_config(folder: Path, cfg: StageConfig, extra: dict | None = None) -> None:
-    atomic_write_json(folder / "config.json", {**asdict(cfg), **(extra or {})})
-
-
-@dataclass
-class LoopResult:
-    steps_done: int
-    seconds: float
-    images: int
-    final_loss: float
-    images_per_s: float = field(init=False)
-
-    def __post_init__(self):
-        self.images_per_s = self.images / self.seconds if self.seconds > 0 else 0.0
-
-
-def train_loop(
-    name: str,
-    folder: Path,
-    cfg: StageConfig,
-    model: torch.nn.Module,
-    step_fn: Callable[[int], torch.Tensor],
-    ema: torch.nn.Module | None = None,
-    ema_decay: float = 0.0,
-    progress: bool = True,
-) -> LoopResult:
-    """The shared loop: resume from folder/checkpoint.pt, run to cfg.steps, checkpoint atomically.
-
-    step_fn(step) returns the scalar loss of that step's batch (forward only; backward, clipping,
-    the optimizer and EMA are done here). Trainable parameters are those of `model`.
-    """
-    from tqdm import tqdm
-
-    folder.mkdir(parents=True, exist_ok=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.999),
-    )
-    ckpt_path = folder / "checkpoint.pt"
-    start, prev_seconds, prev_images, prev_loss = 0, 0.0, 0, float("nan")
-    state = load_checkpoint(ckpt_path)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        if ema is not None and "ema" in state:
-            ema.load_state_dict(state["ema"])
-        start, prev_seconds, prev_images = int(state["step"]), float(state["seconds"]), int(state["images"])
-        prev_loss = float(state.get("loss", float("nan")))
-        print(f"[{name}] resumed from {ckpt_path} at step {start}", flush=True)
-    elif ema is not None:
-        ema.load_state_dict(model.state_dict())
-    write_stage_config(folder, cfg)
-
-    def checkpoint(step: int, seconds: float, images: int) -> None:
-        st = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": seconds, "images": images,
-              "loss": loss_ema if loss_ema is not None else prev_loss}
-        if ema is not None:
-            st["ema"] = ema.state_dict()
-        save_checkpoint(ckpt_path, st)
-
-    model.train()
-    t0 = time.perf_counter()
-    loss_ema, step = None, start
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=name, disable=not progress, mininterval=5.0)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        loss = step_fn(step)
-        if not torch.isfinite(loss):
-            raise LumenkitError(f"[{name}] loss became {loss.item()} at step {step}: lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        if ema is not None:
-            d = min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm.detach(), 1 - d)
-        last_loss = float(loss.detach())
-        loss_ema = last_loss if loss_ema is None else 0.98 * loss_ema + 0.02 * last_loss
-        elapsed = time.perf_counter() - t0
-        done_images = (step + 1 - start) * cfg.batch_size
-        bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{done_images / max(elapsed, 1e-9):.1f}", lr=f"{lr_at(cfg, step):.2e}")
-        out_of_time = cfg.max_minutes > 0 and prev_seconds + elapsed > cfg.max_minutes * 60
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps or out_of_time:
-            checkpoint(step + 1, prev_seconds + elapsed, prev_images + done_images)
-        if out_of_time:
-            print(f"[{name}] time budget of {cfg.max_minutes} min reached at step {step + 1}", flush=True)
-            break
-    else:
-        step = cfg.steps - 1 if cfg.steps > start else start - 1
-    bar.close()
-    seconds = time.perf_counter() - t0
-    done = step + 1 - start if cfg.steps > start else 0
-    if done == 0:  # nothing left to do: report the finished run, not this no-op pass
-        return LoopResult(start, prev_seconds, prev_images, prev_loss)
-    return LoopResult(start + done, prev_seconds + seconds, prev_images + done * cfg.batch_size, loss_ema)
-
-
-def _stage_summary(name: str, res: LoopResult, cfg: StageConfig) -> dict:
+def _stage_summary(name: str, res: TrainResult, cfg: StageConfig) -> dict:
     return {
         "stage": name,
         "steps": res.steps_done,
         "batch_size": cfg.batch_size,
         "seconds": round(res.seconds, 1),
-        "images": res.images,
-        "images_per_s": round(res.images_per_s, 1),
+        "images": res.samples,
+        "images_per_s": round(res.samples_per_s, 1),
         "final_loss": res.final_loss,
-        "config": asdict(cfg),
+        "config": config_to_dict(cfg),
     }
+
+
+def is_main_process() -> bool:
+    return make_accelerator().is_main_process
 
 
 # ------------------------------------------------------------------------------------------ schedule
 def alphas_cumprod(model_cfg: dict) -> torch.Tensor:
     """a_t = prod(1 - beta) [T] float32 of the preset's schedule (SD 1.x scaled linear)."""
-    sch = model_cfg["schedule"]
-    try:
-        from lumenkit.diffusion import NoiseSchedule
+    from lumenkit.diffusion import NoiseSchedule
 
-        return NoiseSchedule.from_config(**sch).alphas_cumprod.float()
-    except ImportError:  # lumenkit.diffusion not there: diffusers' identical "scaled_linear" schedule
-        from diffusers import DDPMScheduler
+    return NoiseSchedule.from_config(**model_cfg["schedule"]).alphas_cumprod.float()
 
-        s = DDPMScheduler(num_train_timesteps=sch["num_timesteps"], beta_start=sch["linear_start"], beta_end=sch["linear_end"], beta_schedule="scaled_linear")
-        return s.alphas_cumprod.float()
+
+def export_on_main(write) -> None:
+    """Call write() on the main process only (exports, tokenizer files); every process waits for it."""
+    acc = make_accelerator()
+    if acc.is_main_process:
+        write()
+    acc.wait_for_everyone()
 
 
 # ------------------------------------------------------------------------------------------ stage a: CLIP
@@ -316,8 +166,40 @@ def build_tokenizer(out: Path, model_cfg: dict):
 
     folder = out / "tokenizer"
     if not (folder / "vocab.json").is_file():
-        write_tokenizer(folder, max_length=model_cfg["max_length"])
+        export_on_main(lambda: write_tokenizer(folder, max_length=model_cfg["max_length"]))
     return load_tokenizer(folder)
+
+
+class ClipEmbed(torch.nn.Module):
+    """CLIPModel's forward as the engine trains it: (image embeds, text embeds) [B, D] unit-norm, and the
+    temperature exp(logit_scale) -- all through forward(), so a distributed wrapper sees every parameter."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor):
+        o = self.clip(input_ids=input_ids, pixel_values=pixel_values)
+        return o.image_embeds.float(), o.text_embeds.float(), self.clip.logit_scale.exp().float()
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every process's rows [b, ...] -> [world * b, ...] in rank order, with gradients."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dist_nn
+
+    return torch.cat(dist_nn.all_gather(x))
+
+
+def clip_contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over the whole (global) batch: mean of the image->text and text->image
+    cross-entropies of scale * cosine similarities, gathered over processes so that N processes see
+    the same negatives as one (each process's gradient reaches its own rows through the gather)."""
+    img, txt = gather_rows(image_embeds), gather_rows(text_embeds)
+    logits = scale * txt @ img.t()  # [B, B] text x image
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 def token_ids(tokenizer) -> dict[str, int]:
@@ -330,23 +212,21 @@ def run_clip(out: str | Path, cfg: ClipConfig | None = None, device: str | torch
     from lumenkit.t2i.tokenizer import tokenize
 
     cfg = cfg or ClipConfig()
-    device = torch.device(device)
+    device = make_accelerator(device).device
     out = Path(out)
     model_cfg = shapes_model_config(cfg.preset)
     tok = build_tokenizer(out, model_cfg)
     torch.manual_seed(cfg.seed)
     clip = build_clip_model(model_cfg, vocab_size=len(tok), **token_ids(tok)).to(device)
 
-    def step_fn(step: int) -> torch.Tensor:
+    def loss_fn(model, step: int, rows: slice) -> torch.Tensor:
         b = D.make_batch(batch_rng(cfg.seed, step), cfg.batch_size, "train")
-        ids = tokenize(tok, b.captions).to(device)
-        with autocast(cfg, device):
-            o = clip(input_ids=ids, pixel_values=b.images.to(device), return_loss=True)
-        return o.loss.float()
+        ids = tokenize(tok, b.captions[rows]).to(device)
+        return clip_contrastive_loss(*model(ids, b.images[rows].to(device)))
 
-    res = train_loop("clip", out / "clip_train", cfg, clip, step_fn, progress=progress)
+    res = train("clip", out / "clip_train", cfg, ClipEmbed(clip), loss_fn, device=device, progress=progress)
     clip.eval()
-    clip.save_pretrained(out / "clip", safe_serialization=True)
+    export_on_main(lambda: save_pretrained_atomic(clip, out / "clip"))
     acc = clip_retrieval_accuracy(clip, tok, device, seed=cfg.seed + 999)
     summary = _stage_summary("clip", res, cfg)
     summary["retrieval_top1"] = acc
@@ -369,6 +249,20 @@ def clip_retrieval_accuracy(clip, tok, device, n: int = 256, seed: int = 12345) 
 
 
 # ------------------------------------------------------------------------------------------ stage b: VAE
+class VaeReconstruction(torch.nn.Module):
+    """AutoencoderKL's encode -> reparameterised sample -> decode as one forward (for the engine's
+    distributed wrapper): (x [B, 3, H, W] in [-1, 1], noise [B, C, H/f, W/f]) -> (reconstruction, KL [B])."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor):
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.mean + post.std * noise).sample
+        return rec.float(), post.kl().float()
+
+
 def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.device = "cpu", progress: bool = True) -> dict:
     """AutoencoderKL training; writes out/vae (save_pretrained, scaling_factor = 1/std of latents).
 
@@ -379,7 +273,7 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
     from lumenkit.t2i.models import build_vae
 
     cfg = cfg or VaeConfig()
-    device = torch.device(device)
+    device = make_accelerator(device).device
     out = Path(out)
     model_cfg = shapes_model_config(cfg.preset)
     torch.manual_seed(cfg.seed)
@@ -395,23 +289,23 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
     else:
         vae = build_vae(model_cfg).to(device)
 
-    def step_fn(step: int) -> torch.Tensor:
+    f = 2 ** (len(model_cfg["vae"]["block_out_channels"]) - 1)  # the VAE's downsampling factor
+    latent_channels = vae.config.latent_channels
+
+    def loss_fn(model, step: int, rows: slice) -> torch.Tensor:
         b = D.make_batch(batch_rng(cfg.seed, step), cfg.batch_size, "all")
-        x = b.images.to(device)
+        x = b.images
         if 0 < cfg.crop < x.shape[-1]:
-            f = 2 ** (len(model_cfg["vae"]["block_out_channels"]) - 1)
             oy, ox = (torch.randint(0, (x.shape[-1] - cfg.crop) // f + 1, (2,), generator=torch_gen(cfg.seed + 1, step)) * f).tolist()
             x = x[..., oy : oy + cfg.crop, ox : ox + cfg.crop]
-        with autocast(cfg, device):
-            post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=torch_gen(cfg.seed, step)).to(device)
-            rec = vae.decode(z).sample
-        rec = rec.float()
-        kl = post.kl().float().mean() / x[0].numel()  # per pixel value, like the per-pixel rec. loss (SD's ratio)
+        noise = torch.randn((x.shape[0], latent_channels, x.shape[-2] // f, x.shape[-1] // f), generator=torch_gen(cfg.seed, step))
+        x = x[rows].to(device)
+        rec, kl = model(x, noise[rows].to(device))
+        kl = kl.mean() / x[0].numel()  # per pixel value, like the per-pixel rec. loss (SD's ratio)
         return (rec - x).abs().mean() + cfg.mse_weight * F.mse_loss(rec, x) + cfg.kl_weight * kl
 
     name = "vae_decoder" if cfg.decoder_only else "vae"
-    res = train_loop(name, out / f"{name}_train", cfg, vae, step_fn, progress=progress)
+    res = train(name, out / f"{name}_train", cfg, VaeReconstruction(vae), loss_fn, device=device, progress=progress)
     vae.eval()
     # scaling factor: 1 / std of posterior samples, as in SD (0.18215 for their VAE)
     with torch.no_grad():
@@ -423,7 +317,7 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
         p = psnr((rec.cpu() + 1) / 2, (b.images + 1) / 2)
     if not cfg.decoder_only:
         vae.register_to_config(scaling_factor=1.0 / std)
-    vae.save_pretrained(out / "vae", safe_serialization=True)
+    export_on_main(lambda: save_pretrained_atomic(vae, out / "vae"))
     summary = _stage_summary(name, res, cfg)
     summary.update(scaling_factor=float(vae.config.scaling_factor), psnr_db=p)
     return summary
@@ -441,7 +335,7 @@ def load_text_encoder(out: Path, device):
     from lumenkit.t2i.models import text_encoder_from_clip
 
     te = text_encoder_from_clip(CLIPModel.from_pretrained(out / "clip"))
-    te.save_pretrained(out / "text_encoder", safe_serialization=True)
+    export_on_main(lambda: save_pretrained_atomic(te, out / "text_encoder"))
     return te.to(device).eval()
 
 
@@ -487,7 +381,7 @@ def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch
     from lumenkit.t2i.models import build_unet
 
     cfg = cfg or UnetConfig()
-    device = torch.device(device)
+    device = make_accelerator(device).device
     out = Path(out)
     model_cfg = shapes_model_config(cfg.preset)
     if not (out / "vae" / "config.json").is_file():
@@ -509,8 +403,8 @@ def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch
     ema = build_unet(model_cfg).to(device).requires_grad_(False)
     null_idx = len(train_scenes)
 
-    def step_fn(step: int) -> torch.Tensor:
-        g = torch_gen(cfg.seed, step)
+    def loss_fn(model, step: int, rows: slice) -> torch.Tensor:
+        g = torch_gen(cfg.seed, step)  # the whole global batch is drawn, then this process's rows taken
         pick = torch.randint(0, mean.shape[0], (cfg.batch_size,), generator=g)
         z0 = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=g)) * sf
         drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
@@ -519,16 +413,16 @@ def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch
         eps = training_noise(z0.shape, g, cfg.noise_offset)
         ab = a_bar[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps  # DDPM eq. 4
-        with autocast(cfg, device):
-            pred = unet(xt.to(device), t.to(device), ctx.to(device)).sample
-        per_sample = (pred.float() - eps.to(device)).pow(2).mean(dim=(1, 2, 3))
+        xt, t, ctx, eps, ab = (v[rows].to(device) for v in (xt, t, ctx, eps, ab))
+        pred = model(xt, t, ctx).sample
+        per_sample = (pred.float() - eps).pow(2).mean(dim=(1, 2, 3))
         if cfg.snr_gamma > 0:
             snr = ab.view(-1) / (1 - ab.view(-1))
-            per_sample = per_sample * (snr.clamp(max=cfg.snr_gamma) / snr).to(device)
+            per_sample = per_sample * snr.clamp(max=cfg.snr_gamma) / snr
         return per_sample.mean()
 
-    res = train_loop("unet", out / "unet_train", cfg, unet, step_fn, ema=ema, ema_decay=cfg.ema_decay, progress=progress)
-    ema.eval().save_pretrained(out / "unet", safe_serialization=True)
+    res = train("unet", out / "unet_train", cfg, unet, loss_fn, ema_model=ema, device=device, progress=progress)
+    export_on_main(lambda: save_pretrained_atomic(ema.eval(), out / "unet"))
     summary = _stage_summary("unet", res, cfg)
     summary["latent_cache_seconds"] = round(cache_seconds, 1)
     return summary
@@ -540,24 +434,28 @@ def run_oracle(out: str | Path, cfg: OracleConfig | None = None, device: str | t
     from lumenkit.t2i.oracle import Oracle, degrade, heldout_accuracy, oracle_loss
 
     cfg = cfg or OracleConfig()
-    device = torch.device(device)
+    device = make_accelerator(device).device
     out = Path(out)
     torch.manual_seed(cfg.seed)
     model = Oracle().to(device)
 
-    def step_fn(step: int) -> torch.Tensor:
+    def loss_fn(net, step: int, rows: slice) -> torch.Tensor:
         b = D.make_batch(batch_rng(cfg.seed, step), cfg.batch_size, "all")
         images = b.images
         if cfg.augment:  # half of each batch degraded, half clean
             half = images.shape[0] // 2
             images = torch.cat([images[:half], degrade(images[half:], torch_gen(cfg.seed + 2, step))])
-        with autocast(cfg, device):
-            logits = model(images.to(device))
-        return oracle_loss(logits, D.labels_tensor(b.scenes))
+        logits = net(images[rows].to(device))
+        return oracle_loss(logits, D.labels_tensor(b.scenes[rows]))
 
-    res = train_loop("oracle", out / "oracle_train", cfg, model, step_fn, progress=progress)
+    res = train("oracle", out / "oracle_train", cfg, model, loss_fn, device=device, progress=progress)
     model.eval()
-    model.save(out / "oracle")
+
+    def write_oracle() -> None:
+        with atomic_dir(out / "oracle") as tmp:
+            model.save(tmp)
+
+    export_on_main(write_oracle)
     acc = heldout_accuracy(model, n=cfg.eval_images, seed=cfg.seed + 31337, device=device)
     summary = _stage_summary("oracle", res, cfg)
     summary["heldout_accuracy"] = acc
@@ -574,36 +472,25 @@ def update_training_log(model_dir: Path, summary: dict) -> None:
     atomic_write_json(path, log)
 
 
+MODEL_PARTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler", "clip", "oracle")
+
+
 def export_model(work: Path, model_dir: Path) -> Path:
-    """Assemble the diffusers-layout folder: tokenizer/, text_encoder/, vae/, unet/, scheduler/,
-    model_index.json, plus clip/ (for CLIP score) and oracle/ (for evaluation). Uses
-    lumenkit.t2i.pipeline.Text2Image.save_pretrained when present."""
+    """Assemble the diffusers-layout folder from the work folder: tokenizer/, text_encoder/, vae/, unet/,
+    scheduler/, model_index.json, plus clip/ (for CLIP score), oracle/ (for evaluation) and
+    training_log.json. Built in a temporary folder and renamed: an interruption leaves the old model."""
     import shutil
 
-    from lumenkit.t2i.models import preset_config
-
     work, model_dir = Path(work), Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("tokenizer", "text_encoder", "vae", "unet", "clip", "oracle"):
-        if not (work / sub).is_dir():
-            raise LumenkitError(f"{work}/{sub}: missing; train every stage first")
-    saved = False
-    try:
-        from lumenkit.t2i.pipeline import Text2Image
-
-        pipe = Text2Image.from_pretrained(work) if (work / "model_index.json").is_file() else None
-        if pipe is not None:
-            pipe.save_pretrained(model_dir)
-            saved = True
-    except (ImportError, AttributeError, LumenkitError):
-        saved = False
-    for sub in ("tokenizer", "text_encoder", "vae", "unet", "clip", "oracle"):
-        if not saved or sub in ("clip", "oracle"):
-            if work.resolve() != model_dir.resolve():
-                shutil.rmtree(model_dir / sub, ignore_errors=True)
-                shutil.copytree(work / sub, model_dir / sub, ignore=shutil.ignore_patterns("*.pt"))
-    if not saved:
-        write_scheduler_and_index(model_dir, preset_config("shapes")["schedule"])
+    missing = [sub for sub in MODEL_PARTS if not (work / sub).is_dir()]
+    if missing:
+        raise LumenkitError(f"{work}: missing {', '.join(missing)}; train every stage first")
+    with atomic_dir(model_dir) as tmp:
+        for sub in MODEL_PARTS:
+            shutil.copytree(work / sub, tmp / sub, ignore=shutil.ignore_patterns("*.pt"))
+        for name in ("model_index.json", "training_log.json"):
+            if (work / name).is_file():
+                shutil.copy(work / name, tmp / name)
     return model_dir
 
 
@@ -658,14 +545,17 @@ def run_all(
     runners = {"oracle": run_oracle, "clip": run_clip, "vae": run_vae, "unet": run_unet}
     for stage in stages:
         cfg = configs.get(stage) or STAGE_CONFIGS[stage]()
-        print(f"[t2i train all] stage {stage}: {asdict(cfg)}", flush=True)
+        if is_main_process():
+            print(f"[t2i train all] stage {stage}: {config_to_dict(cfg)}", flush=True)
         summary = runners[stage](work, cfg, device=device, progress=progress)
-        print(f"[t2i train all] {stage} done: {json.dumps({k: v for k, v in summary.items() if k != 'config'})}", flush=True)
-        update_training_log(work, summary)
+        if is_main_process():
+            print(f"[t2i train all] {stage} done: {json.dumps({k: v for k, v in summary.items() if k != 'config'})}", flush=True)
+            update_training_log(work, summary)
     load_text_encoder(work, "cpu")
-    write_scheduler_and_index(work, shapes_model_config("shapes")["schedule"])
-    export_model(work, model_dir)
-    import shutil
 
-    shutil.copy(work / "training_log.json", model_dir / "training_log.json")
+    def write() -> None:
+        write_scheduler_and_index(work, shapes_model_config("shapes")["schedule"])
+        export_model(work, model_dir)
+
+    export_on_main(write)
     return model_dir
