@@ -28,10 +28,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from lumenkit.common.bench import markdown_table, write_section  # noqa: E402
 from lumenkit.common.metrics import psnr, ssim  # noqa: E402
-from lumenkit.gsir.data import SynthConfig, load_gt, read_scene, synthesize_scene  # noqa: E402
+from lumenkit.gsir.data import load_gt, read_scene  # noqa: E402
 from lumenkit.gsir.evaluate import normal_mae, normal_mae_breakdown, pooled_breakdown  # noqa: E402
 from lumenkit.gsir.losses import Stage1LossWeights  # noqa: E402
 from lumenkit.gsir.pipeline import render  # noqa: E402
+from lumenkit.gsir.synth import SynthConfig, synthesize_scene  # noqa: E402
 from lumenkit.gsir.train import Stage1Config, training  # noqa: E402
 
 

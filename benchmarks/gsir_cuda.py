@@ -36,7 +36,8 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gsir_raster import MAPS, bench_camera, object_scene, render_maps, time_frame  # noqa: E402
 
-from lumenkit.gsir.rasterize import Camera, load_extension  # noqa: E402
+from lumenkit.gsir._cpu import load_extension  # noqa: E402
+from lumenkit.gsir.camera import Camera  # noqa: E402
 
 IMAGE_TOL = 1e-4
 

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lumenkit.common.bench import markdown_table, write_section  # noqa: E402
-from lumenkit.gsir.data import AOV_SPEC, SynthConfig, build_scene, gt_maps, make_object, scene_poses  # noqa: E402
 from lumenkit.gsir.evaluate import normal_mae, normal_mae_breakdown, pooled_breakdown  # noqa: E402
+from lumenkit.gsir.synth import AOV_SPEC, SynthConfig, build_scene, gt_maps, make_object, scene_poses  # noqa: E402
 
 
 def footprint_floor(cfg: SynthConfig, views: int, s: int) -> tuple[float, dict[str, tuple[float, float]]]:

@@ -24,10 +24,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from gsir import METHODS  # noqa: E402
 
 from lumenkit.common.bench import markdown_table, write_section  # noqa: E402
-from lumenkit.gsir.data import load_gt, make_object, read_scene  # noqa: E402
+from lumenkit.gsir.data import load_gt, read_scene  # noqa: E402
 from lumenkit.gsir.evaluate import angular_error_deg, part_labels  # noqa: E402
 from lumenkit.gsir.geometry import backproject_depth  # noqa: E402
 from lumenkit.gsir.pipeline import render  # noqa: E402
+from lumenkit.gsir.synth import make_object  # noqa: E402
 from lumenkit.gsir.train import load_model  # noqa: E402
 
 

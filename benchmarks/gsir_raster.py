@@ -32,7 +32,9 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from lumenkit.gsir.rasterize import Camera, load_extension, rasterize  # noqa: E402
+from lumenkit.gsir._cpu import load_extension  # noqa: E402
+from lumenkit.gsir.camera import Camera  # noqa: E402
+from lumenkit.gsir.rasterize import rasterize  # noqa: E402
 
 
 def object_scene(n: int, seed: int = 0, dtype=torch.float32) -> dict:

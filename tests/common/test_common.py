@@ -117,6 +117,57 @@ def test_psnr_closed_form_and_ssim_identity():
     assert metrics.ssim(x, rng.random((32, 32, 3))) < 0.1
 
 
+def _window_sums(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Plain loop: sum of w * x over every full window inside x [H, W] ('valid')."""
+    k = w.shape[0]
+    return np.array([[np.sum(w * x[i:i + k, j:j + k]) for j in range(x.shape[1] - k + 1)] for i in range(x.shape[0] - k + 1)])
+
+
+def test_ssim_metric_against_a_windowed_loop():
+    """metrics.ssim = mean over channels and full 11x11 Gaussian windows of Wang et al.'s SSIM, computed
+    here window by window with the 2-D window (the metric runs it as two 1-D passes)."""
+    rng = np.random.default_rng(1)
+    a = rng.random((20, 23, 2))
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1)
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01**2, 0.03**2
+    vals = []
+    for c in range(2):
+        x, y = a[..., c], b[..., c]
+        mx, my = _window_sums(x, w), _window_sums(y, w)
+        vx, vy, cxy = _window_sums(x * x, w) - mx**2, _window_sums(y * y, w) - my**2, _window_sums(x * y, w) - mx * my
+        vals.append(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    assert metrics.ssim(a, b) == pytest.approx(float(np.mean(vals)), rel=1e-12)
+
+
+def test_ssim_map_same_padding_closed_form():
+    """The training loss's SSIM (3DGS: zero 'same' padding) on two constant images a, b: at each pixel the
+    window mass f inside the image gives mu = a f, var = a^2 f (1 - f), cov = a b f (1 - f)."""
+    import torch
+
+    a, b, H, W = 0.5, 0.7, 24, 30
+    x = torch.full((3, H, W), a, dtype=torch.float64)
+    y = torch.full((3, H, W), b, dtype=torch.float64)
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    g /= g.sum()
+
+    def mass(n):  # fraction of the 1-D window inside [0, n) for each centre
+        return np.array([sum(g[k] for k in range(11) if 0 <= i + k - 5 < n) for i in range(n)])
+
+    f = mass(H)[:, None] * mass(W)[None, :]
+    c1, c2 = 0.01**2, 0.03**2
+    mu1, mu2 = a * f, b * f
+    s11, s22, s12 = a * a * f * (1 - f), b * b * f * (1 - f), a * b * f * (1 - f)
+    expect = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2))
+    got = metrics.ssim_map(x, y)
+    assert got.shape == (1, 3, H, W)
+    np.testing.assert_allclose(got[0, 0].numpy(), expect, rtol=1e-9)
+    assert float(metrics.ssim_map(x, x).mean()) == pytest.approx(1.0, rel=1e-9)
+    with pytest.raises(ValueError, match="padding"):
+        metrics.ssim_map(x, y, padding="reflect")
+
+
 def test_benchmarks_md_sections(tmp_path):
     md = tmp_path / "BENCHMARKS.md"
     bench.write_section("longexp", "| a |\n|---|\n| 1 |", path=md)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lumenkit.gsir.geometry import depth_to_normal, normals_from_depth, valid_normal_pixels
-from lumenkit.gsir.rasterize import Camera
+from lumenkit.gsir.camera import Camera
 
 
 def look_at_gl(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> torch.Tensor:

@@ -11,7 +11,9 @@ import torch
 
 from lumenkit.gsir.losses import normal_consistency_loss
 from lumenkit.gsir.pipeline import normal_from_depth
-from lumenkit.gsir.rasterize import Camera, load_extension, rasterize
+from lumenkit.gsir._cpu import load_extension
+from lumenkit.gsir.camera import Camera
+from lumenkit.gsir.rasterize import rasterize
 
 from .test_geometry import look_at_gl
 

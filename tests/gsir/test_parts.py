@@ -1,7 +1,7 @@
 """evaluate.part_labels: GT surface points are assigned to the primitive they lie on."""
 import numpy as np
 
-from lumenkit.gsir.data import Part, _T
+from lumenkit.gsir.synth import Part, _T
 from lumenkit.gsir.evaluate import part_labels
 
 

@@ -11,7 +11,7 @@ import torch
 from lumenkit.gsir.gaussians import GaussianModel
 from lumenkit.gsir.geometry import normals_from_depth
 from lumenkit.gsir.pipeline import median_blur3, normal_from_depth, render, zero_border
-from lumenkit.gsir.rasterize import Camera
+from lumenkit.gsir.camera import Camera
 
 from .test_geometry import look_at_gl
 

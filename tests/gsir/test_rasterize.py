@@ -7,7 +7,10 @@ import sys
 import pytest
 import torch
 
-from lumenkit.gsir.rasterize import Camera, extension_dir, load_extension, project_gaussians, rasterize
+from lumenkit.gsir._cpu import extension_dir, load_extension
+from lumenkit.gsir._torch_impl import project_gaussians
+from lumenkit.gsir.camera import Camera
+from lumenkit.gsir.rasterize import rasterize
 from lumenkit.gsir.sh import rgb_to_sh0, sh_to_color
 
 MAPS = ("render", "opacity_map", "depth_map", "normal_map", "albedo_map", "roughness_map", "metallic_map")
@@ -22,7 +25,7 @@ def test_extension_loads_past_a_stale_build_lock(ext):
     """A build killed midway leaves torch's lock file behind; the next load must not wait on it forever."""
     stale = extension_dir() / "lock"
     stale.touch()
-    code = "from lumenkit.gsir.rasterize import load_extension; load_extension(); print('loaded')"
+    code = "from lumenkit.gsir._cpu import load_extension; load_extension(); print('loaded')"
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
@@ -240,7 +243,7 @@ def test_sh_view_dependence_degree1():
 def test_fused_cpu_preprocess_matches_torch(ext, degree):
     """The C++ projection + SH (values and float64 gradients) against `project_gaussians` + `sh_to_color`,
     with Gaussians outside the field of view (clamped Jacobian), behind the camera and SH clamped at 0."""
-    from lumenkit.gsir.rasterize import preprocess_cpu
+    from lumenkit.gsir._cpu import preprocess_cpu
 
     dtype = torch.float64
     g = torch.Generator().manual_seed(degree)
@@ -298,7 +301,7 @@ def test_depth_distortion_matches_pairwise_sum(ext, backend):
     scene = random_scene(30, 7, dtype=torch.float64)
     cam = front_camera(24, 20, dtype=torch.float64)
     params, out = render(scene, cam, backend, depth_distortion=True)
-    from lumenkit.gsir.rasterize import blend_reference, depth_order
+    from lumenkit.gsir._torch_impl import blend_reference, depth_order
 
     def brute(means):
         proj = project_gaussians(means, params["quats"], params["scales"], cam)

@@ -7,7 +7,10 @@ import types
 import pytest
 import torch
 
-from lumenkit.gsir.rasterize import Camera, blend_reference, load_extension, rasterize, tile_rects
+from lumenkit.gsir._cpu import load_extension
+from lumenkit.gsir._torch_impl import blend_reference, tile_rects
+from lumenkit.gsir.camera import Camera
+from lumenkit.gsir.rasterize import rasterize
 
 
 def front_camera(width, height, device="cpu"):

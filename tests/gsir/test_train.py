@@ -8,6 +8,7 @@ import torch
 from lumenkit.cli import main
 from lumenkit.common.errors import LumenkitError
 from lumenkit.gsir import data as D
+from lumenkit.gsir import synth as S
 from lumenkit.gsir.gaussians import GaussianModel, OptimConfig, expon_lr
 from lumenkit.gsir.losses import Stage1LossWeights
 from lumenkit.gsir.train import Stage1Config, load_checkpoint, training, view_index
@@ -18,7 +19,7 @@ BACKEND = "cpu"  # the C++ backend (checked against the reference by test_raster
 @pytest.fixture(scope="module")
 def tiny_scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("gsir_tiny")
-    D.synthesize_scene(root, D.SynthConfig(object="spheres", resolution=32, n_train=8, n_test=2, spp=8, relight_envmaps=()), progress=False)
+    S.synthesize_scene(root, S.SynthConfig(object="spheres", resolution=32, n_train=8, n_test=2, spp=8, relight_envmaps=()), progress=False)
     return root
 
 
@@ -121,61 +122,166 @@ def _run(argv):
     return e.value.code
 
 
-def test_cli_end_to_end_and_errors(tiny_scene, tmp_path, capsys):
-    m = tmp_path / "model"
+def _tilted(normals: np.ndarray, degrees: float) -> np.ndarray:
+    """Each unit normal [..., 3] turned by exactly `degrees` (towards a perpendicular direction)."""
+    ref = np.where(np.abs(normals[..., :1]) < 0.9, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]))
+    u = np.cross(normals, ref)
+    u /= np.clip(np.linalg.norm(u, axis=-1, keepdims=True), 1e-12, None)
+    t = math.radians(degrees)
+    return math.cos(t) * normals + math.sin(t) * u
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_scene, tmp_path_factory):
+    """A 20-iteration model of tiny_scene trained and rendered through the CLI."""
+    m = tmp_path_factory.mktemp("gsir_cli") / "model"
     assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--eval", "--iterations", "20", "--num_points", "300", "--backend", BACKEND, "--quiet"]) == 0
     assert (m / "chkpnt20.pth").is_file()
     assert _run(["gsir", "render", "-m", str(m), "-s", str(tiny_scene), "--skip_train", "--backend", BACKEND, "--quiet"]) == 0
-    out = m / "test" / "ours_20"
-    for sub in ("renders", "gt", "normal", "depth", "albedo", "roughness", "metallic"):
-        assert len(list((out / sub).glob("*.png"))) == 2, sub
-    assert _run(["gsir", "eval", "nvs", "-m", str(m)]) == 0
-    assert _run(["gsir", "eval", "normal", "-m", str(m), "-s", str(tiny_scene)]) == 0
+    return m
+
+
+def test_cli_end_to_end(tiny_scene, trained, tmp_path, capsys):
+    """train -> render -> eval; eval normal against renders whose normals are the GT turned by exactly
+    10 degrees: 10 deg over the foreground, and 10 deg x the foreground share in GS-IR's all-pixel protocol."""
     import json
 
-    res = json.loads((m / "results_normal.json").read_text())
-    assert 0 <= res["mae_masked_deg"] <= 180 and res["mae_gsir_deg"] <= res["mae_masked_deg"] + 1e-6
-    capsys.readouterr()
-    # user mistakes: one line, exit 2
-    assert _run(["gsir", "train", "-m", str(m), "-s", str(tmp_path / "missing"), "--iterations", "5"]) == 2
-    assert "no such folder" in capsys.readouterr().err
-    assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--iterations", "0"]) == 2
-    assert "--iterations" in capsys.readouterr().err
-    assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--sh_degree", "7"]) == 2
-    assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--depth_normal_tv_max_step", "0"]) == 2
-    assert "--depth_normal_tv_max_step 0.0: must be > 0" in capsys.readouterr().err
-    assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--depth_normal_tv_order", "3"]) == 2
-    assert "--depth_normal_tv_order" in capsys.readouterr().err
-    assert _run(["gsir", "train", "-m", str(m), "-s", str(tiny_scene), "--iterations", "10", "--start_checkpoint", str(m / "chkpnt20.pth")]) == 2
-    assert "nothing to do" in capsys.readouterr().err
-    assert _run(["gsir", "render", "-m", str(tmp_path / "empty"), "-s", str(tiny_scene)]) == 2
-    assert "no chkpnt" in capsys.readouterr().err
-    assert _run(["gsir", "eval", "nvs", "-m", str(tmp_path / "empty")]) == 2
-    assert "run `lumenkit gsir render" in capsys.readouterr().err
-    assert _run(["gsir", "eval", "bogus", "-m", str(m)]) == 2
-    assert _run(["gsir", "synth", "-o", str(tmp_path / "s"), "--object", "teapot"]) == 2
+    from lumenkit.common.images import write_image
+
+    out = trained / "test" / "ours_20"
+    for sub in ("renders", "gt", "normal", "depth", "albedo", "roughness", "metallic"):
+        assert len(list((out / sub).glob("*.png"))) == 2, sub
+    assert not list(out.parent.glob(".*")), "no partial render folders left"
+    assert _run(["gsir", "eval", "nvs", "-m", str(trained)]) == 0
+    nvs = json.loads((trained / "results_nvs.json").read_text())
+    assert nvs["views"] == 2 and 5 < nvs["psnr"] < 60
+    views = D.read_scene(tiny_scene).test
+    fg_share = []
+    tilted = tmp_path / "tilted"
+    for i, v in enumerate(views):
+        gt, mask = D.load_gt(v, "normal"), D.load_gt(v, "mask")
+        pred = np.where(mask[..., None], _tilted(gt, 10.0), 0.0)
+        write_image(tilted / "normal" / f"{i:05d}.png", np.where(mask[..., None], (pred + 1) / 2, 0.0), bit_depth=16)
+        fg_share.append(mask.mean())
+    assert _run(["gsir", "eval", "normal", "-m", str(trained), "-s", str(tiny_scene), "--output_dir", str(tilted)]) == 0
+    assert "nerf layout" in capsys.readouterr().out
+    res = json.loads((trained / "results_normal.json").read_text())
+    assert res["views"] == 2
+    assert res["mae_masked_deg"] == pytest.approx(10.0, abs=0.01)
+    assert res["mae_gsir_deg"] == pytest.approx(10.0 * float(np.mean(fg_share)), abs=0.01)
 
 
-def test_cli_loss_flag_defaults_match_the_config():
-    """The train flags' defaults are typed out in cli.py (parsing imports no torch): keep them equal
-    to Stage1LossWeights / Stage1Config."""
+def _snapshot(folder) -> dict:
+    from pathlib import Path
+
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.exists() else {}
+
+
+def _bad_inputs(scene, model, tmp):
+    """(argv, expected substring of the one-line error, folder that must stay unchanged)."""
+    (tmp / "empty").mkdir(exist_ok=True)
+    (tmp / "corrupt.pth").write_bytes(b"not a checkpoint at all")
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.conv_in.weight": torch.zeros(2, 2)}, str(tmp / "unet.safetensors"))
+    out = tmp / "out"
+    return [
+        (["gsir", "train", "--backend", "bogus", "-s", str(scene), "-m", str(out)], "--backend", out),
+        (["gsir", "train", "-s", str(tmp / "missing"), "-m", str(out)], "no such folder", out),
+        (["gsir", "train", "-s", str(tmp / "empty"), "-m", str(out)], "not a NeRF-synthetic or TensoIR-synthetic scene folder", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--iterations", "0"], "--iterations 0: must be >= 1", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--sh_degree", "7"], "--sh_degree 7: expected 0..3", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--num_points", "0"], "--num_points 0", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--feature_lr", "-0.1"], "--feature_lr -0.1", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--resolution", "0"], "--resolution 0", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--depth_normal_tv_max_step", "0"], "--depth_normal_tv_max_step 0.0: must be > 0", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--depth_normal_tv_order", "3"], "--depth_normal_tv_order", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--layout", "tensoir"], "--layout tensoir", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--start_checkpoint", str(tmp / "corrupt.pth")], "cannot be loaded as a safe checkpoint", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--start_checkpoint", str(tmp / "unet.safetensors")], "unet.safetensors", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--iterations", "10", "--start_checkpoint", str(model / "chkpnt20.pth")], "nothing to do", out),
+        (["gsir", "train", "-s", str(scene), "-m", str(out), "--backend", "cuda", "--device", "cpu"], "--backend cuda", out),
+        (["gsir", "render", "-m", str(tmp / "empty"), "-s", str(scene)], "no chkpnt", tmp / "empty"),
+        (["gsir", "render", "-m", str(model), "-s", str(scene), "--checkpoint", str(tmp / "corrupt.pth")], "corrupt.pth", model),
+        (["gsir", "eval", "nvs", "-m", str(tmp / "empty")], "run `lumenkit gsir render", tmp / "empty"),
+        (["gsir", "eval", "normal", "-m", str(model)], "-s/--source_path", model),
+        (["gsir", "eval", "bogus", "-m", str(model)], "invalid choice", model),
+        (["gsir", "synth", "-o", str(out), "--object", "teapot"], "--object", out),
+        (["gsir", "synth", "-o", str(out), "--resolution", "0"], "--resolution 0: must be >= 8", out),
+        (["gsir", "synth", "-o", str(out), "--relight", "sunset,mars"], "mars", out),
+        (["gsir", "synth", "-o", str(out), "--spp", "0"], "--spp 0", out),
+    ]
+
+
+def test_cli_bad_inputs_one_line_exit_2_nothing_written(tiny_scene, trained, tmp_path, capsys):
+    for argv, expect, folder in _bad_inputs(tiny_scene, trained, tmp_path):
+        before = _snapshot(folder)
+        code = _run(argv)
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "Traceback" not in err, (argv, err)
+        assert expect in lines[0], (argv, expect, lines[0])
+        assert _snapshot(folder) == before, (argv, "wrote into", folder)
+
+
+def test_cli_flags_reach_the_config():
+    """Every Stage1Config field (nested losses / optim included) is a flag: given a non-default value on
+    the command line, the config carries it; with no flags, the config is Stage1Config()."""
+    import dataclasses
+    import typing
+
     from lumenkit.cli import build_parser
-    from lumenkit.gsir.cli import config_from_args
+    from lumenkit.common.config import ConfigError, config_fields, config_from_args
 
-    args = build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s"])
-    got, ref = config_from_args(args).losses, Stage1LossWeights()
-    for name in ("lambda_dssim", "lambda_normal", "lambda_normal_tv", "lambda_depth_normal", "lambda_flatten", "lambda_distortion",
-                 "lambda_depth_normal_tv", "depth_normal_tv_max_step", "depth_normal_tv_order"):
-        assert getattr(got, name) == getattr(ref, name), name
-    assert config_from_args(args).depth_normal_from_iter == Stage1Config().depth_normal_from_iter
-    assert config_from_args(args).distortion_from_iter == Stage1Config().distortion_from_iter
-    assert config_from_args(args).depth_median is Stage1Config().depth_median is True
-    assert config_from_args(args).cull_backfacing_normals is Stage1Config().cull_backfacing_normals is False
-    assert config_from_args(args).planar_depth is Stage1Config().planar_depth is False
-    assert config_from_args(args).crease_aware_depth_normal is Stage1Config().crease_aware_depth_normal is False
-    lumenkit = config_from_args(build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s", "--no_depth_median", "--cull_backfacing_normals",
-                                                           "--planar_depth", "--crease_aware_depth_normal"]))
-    assert lumenkit.depth_median is False and lumenkit.cull_backfacing_normals is True and lumenkit.planar_depth is True
-    assert lumenkit.crease_aware_depth_normal is True
-    order2 = config_from_args(build_parser().parse_args(["gsir", "train", "-m", "m", "-s", "s", "--depth_normal_tv_order", "2"]))
-    assert order2.losses.depth_normal_tv_order == 2
+    base = ["gsir", "train", "-m", "m", "-s", "s"]
+    assert config_from_args(Stage1Config, build_parser().parse_args(base)) == Stage1Config()
+    default = dataclasses.asdict(Stage1Config())
+    for path, f, tp in config_fields(Stage1Config):
+        d = default
+        for k in path:
+            d = d[k]
+        flag = "--" + (f.metadata.get("flag") or f.name)
+        if tp is bool:
+            tries = [([("--no_" + flag[2:]) if d else flag], not d)]
+        elif typing.get_origin(tp) is typing.Literal:
+            tries = [([flag, str(c)], c) for c in typing.get_args(tp) if c != d]
+        elif typing.get_origin(tp) is list:
+            tries = [([flag, "3,7"], [3, 7])]
+        else:
+            tries = [([flag, str(tp(v))], tp(v)) for v in (d + 1, d - 1, 2, d * 0.5, 0.5) if tp(v) != d]
+        for extra, want in tries:
+            try:
+                cfg = config_from_args(Stage1Config, build_parser().parse_args(base + extra))
+            except ConfigError:
+                continue
+            got = cfg
+            for k in path:
+                got = getattr(got, k)
+            assert got == want, (extra, got, want)
+            break
+        else:
+            raise AssertionError(f"no valid non-default value found for {flag}")
+
+
+def test_cli_readme_flags():
+    """The flag names README.md's gsir commands use reach their fields."""
+    from lumenkit.cli import build_parser
+    from lumenkit.common.config import config_from_args
+    from lumenkit.gsir.config import SceneOptions, SynthConfig, TrainOptions
+
+    args = build_parser().parse_args(["gsir", "train", "-m", "out/blocks", "-s", "data/blocks", "--iterations", "3000", "--eval",
+                                      "--start_checkpoint", "out/blocks/chkpnt3000.pth", "--lambda_depth_normal", "0.05", "--no_depth_median",
+                                      "--cull_backfacing_normals", "--planar_depth", "--crease_aware_depth_normal", "--depth_normal_from_iter", "10000",
+                                      "--densify_grad_threshold", "0.0001", "--lambda_normal", "3", "--normal_tv", "0.1", "--lambda_distortion", "1",
+                                      "--lambda_depth_normal_tv", "0.02", "--depth_normal_tv_order", "2"])
+    cfg = config_from_args(Stage1Config, args)
+    assert (cfg.iterations, cfg.depth_median, cfg.cull_backfacing_normals, cfg.planar_depth, cfg.crease_aware_depth_normal) == (3000, False, True, True, True)
+    assert (cfg.depth_normal_from_iter, cfg.densify_grad_threshold) == (10000, 0.0001)
+    w = cfg.losses
+    assert (w.lambda_depth_normal, w.lambda_normal, w.lambda_normal_tv, w.lambda_distortion, w.lambda_depth_normal_tv, w.depth_normal_tv_order) == (0.05, 3, 0.1, 1, 0.02, 2)
+    where, opts = config_from_args(SceneOptions, args), config_from_args(TrainOptions, args)
+    assert (where.model_path, where.source_path, where.eval, opts.start_checkpoint) == ("out/blocks", "data/blocks", True, "out/blocks/chkpnt3000.pth")
+    synth = config_from_args(SynthConfig, build_parser().parse_args(["gsir", "synth", "-o", "data/blocks", "--resolution", "64", "--relight", ""]))
+    assert synth == SynthConfig(resolution=64, relight_envmaps=())

@@ -10,20 +10,18 @@ with 3DGS's per-parameter learning rates, exponential decay of the position LR) 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lumenkit.gsir.rasterize import quat_to_rotmat
+from lumenkit.gsir._torch_impl import quat_to_rotmat
+from lumenkit.gsir.config import OptimConfig
+from lumenkit.gsir.sh import rgb_to_sh0
 
-C0 = 0.28209479177387814  # SH band-0 constant
+__all__ = ["GaussianModel", "OptimConfig", "expon_lr", "inverse_sigmoid"]
+
 PARAM_NAMES = ("xyz", "f_dc", "f_rest", "scaling", "rotation", "opacity", "normal", "albedo", "roughness", "metallic")
-
-
-def rgb_to_sh(rgb: torch.Tensor) -> torch.Tensor:
-    return (rgb - 0.5) / C0
 
 
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -40,23 +38,6 @@ def expon_lr(step: int, lr_init: float, lr_final: float, lr_delay_steps: int = 0
         delay = 1.0
     t = min(max(step / max(max_steps, 1), 0.0), 1.0)
     return delay * math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
-
-
-@dataclass
-class OptimConfig:
-    """3DGS / GS-IR learning rates (positions scaled by the scene extent)."""
-
-    position_lr_init: float = 0.00016
-    position_lr_final: float = 0.0000016
-    position_lr_delay_mult: float = 0.01
-    position_lr_max_steps: int = 30_000
-    feature_lr: float = 0.0025
-    opacity_lr: float = 0.05
-    scaling_lr: float = 0.005
-    rotation_lr: float = 0.001
-    normal_lr: float = 0.05
-    material_lr: float = 0.05  # albedo, roughness, metallic (trained in stage 2)
-    percent_dense: float = 0.01
 
 
 class GaussianModel:
@@ -155,7 +136,7 @@ class GaussianModel:
         normal[:, 2] = 1
         init = {
             "xyz": points.float().to(dev),
-            "f_dc": rgb_to_sh(colors.float().to(dev))[:, None, :],
+            "f_dc": rgb_to_sh0(colors.float().to(dev))[:, None, :],
             "f_rest": torch.zeros(n, n_rest, 3, device=dev),
             "scaling": torch.log(torch.sqrt(torch.from_numpy(dist2).float())).to(dev)[:, None].repeat(1, 3),
             "rotation": rot,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lumenkit.gsir.rasterize import Camera
+from lumenkit.gsir.camera import Camera
 
 MIN_DEPTH = 0.01
 

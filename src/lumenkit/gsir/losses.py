@@ -4,45 +4,22 @@ All images are [C, H, W] (or [B, C, H, W]) tensors; colours in [0, 1] sRGB as st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
+
+from lumenkit.common.metrics import ssim_map
+from lumenkit.gsir.config import Stage1LossWeights
+
+__all__ = ["Stage1LossWeights", "edge_aware_tv", "l1_loss", "normal_consistency_loss", "rgb_loss", "stage1_loss", "truncated_tv"]
 
 
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).abs().mean()
 
 
-def _gaussian_1d(size: int, sigma: float, device, dtype) -> torch.Tensor:
-    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Differentiable mean SSIM as 3DGS's utils/loss_utils.ssim (11x11 Gaussian window, sigma 1.5,
-    zero padding 'same', C1 = 0.01^2, C2 = 0.03^2). The separable window is applied as two 1-D
-    convolutions to the five statistics at once (same values as the 2-D window, fewer FLOPs)."""
-    p = pred[None] if pred.dim() == 3 else pred
-    t = target[None] if target.dim() == 3 else target
-    c = p.shape[1]
-    g = _gaussian_1d(window_size, sigma, p.device, p.dtype)
-    k = 5 * c
-    pad = window_size // 2
-    stats = torch.cat([p, t, p * p, t * t, p * t], 1)
-    stats = F.conv2d(stats, g.reshape(1, 1, 1, -1).expand(k, 1, 1, window_size), padding=(0, pad), groups=k)
-    stats = F.conv2d(stats, g.reshape(1, 1, -1, 1).expand(k, 1, window_size, 1), padding=(pad, 0), groups=k)
-    mu1, mu2, e11, e22, e12 = stats.split(c, 1)
-    s11, s22, s12 = e11 - mu1**2, e22 - mu2**2, e12 - mu1 * mu2
-    c1, c2 = 0.01**2, 0.03**2
-    m = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2))
-    return m.mean()
-
-
 def rgb_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
-    """3DGS photometric loss (1 - lambda) L1 + lambda (1 - SSIM)."""
-    return (1 - lambda_dssim) * l1_loss(pred, target) + lambda_dssim * (1 - ssim(pred, target))
+    """3DGS photometric loss (1 - lambda) L1 + lambda (1 - SSIM), SSIM with zero padding as 3DGS's
+    utils/loss_utils.ssim (common.metrics.ssim_map)."""
+    return (1 - lambda_dssim) * l1_loss(pred, target) + lambda_dssim * (1 - ssim_map(pred, target).mean())
 
 
 def normal_consistency_loss(normal_map: torch.Tensor, normal_from_depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -91,37 +68,6 @@ def truncated_tv(data: torch.Tensor, mask: torch.Tensor, max_step: float, order:
     dx = dx * (dx.detach() < max_step)
     dy = dy * (dy.detach() < max_step)
     return (dx.sum() + dy.sum()) / m.sum().clamp_min(1)
-
-
-@dataclass
-class Stage1LossWeights:
-    """GS-IR stage-1 weights: 0.8 L1 + 0.2 D-SSIM + 1.0 normal consistency + 5.0 normal TV."""
-
-    lambda_dssim: float = 0.2
-    lambda_normal: float = 1.0
-    lambda_normal_tv: float = 5.0
-    # lumenkit additions (0 / False = GS-IR exactly): consistency only where the rendered opacity
-    # exceeds this; TV on the unit normal map times the detached opacity
-    normal_min_opacity: float = 0.5
-    tv_opacity_weighted: bool = True
-    # lumenkit addition (0 = GS-IR): the same consistency with the roles swapped, L1 between the
-    # normal from the rendered depth (gradient to the geometry) and the detached rendered normal map,
-    # so the surface the depth describes flattens towards the smooth learned normals
-    lambda_depth_normal: float = 0.0
-    # lumenkit addition (0 = GS-IR): mean of each Gaussian's smallest scale (scene units), pushing the
-    # Gaussians towards flat discs that lie in the surface (as in GaussianShader / NeuSG)
-    lambda_flatten: float = 0.0
-    # lumenkit addition (0 = GS-IR): 2DGS's depth distortion, the mean over pixels of
-    # 1/2 sum_ij w_i w_j (z_i - z_j)^2 (rasterize's distortion_map, scene units^2): blend weights
-    # gather at one depth per pixel instead of spreading through semi-transparent layers
-    lambda_distortion: float = 0.0
-    # lumenkit addition (0 = GS-IR): truncated_tv of the normal from the rendered depth (gradient to
-    # the geometry) inside the consistency mask, steps >= depth_normal_tv_max_step (creases) left free:
-    # faces become flat without their edges being rounded. Trains with the depth-normal term.
-    # Order 2 penalises the second difference instead, which is zero on curved surfaces too.
-    lambda_depth_normal_tv: float = 0.0
-    depth_normal_tv_max_step: float = 0.25
-    depth_normal_tv_order: int = 1
 
 
 def stage1_loss(render_pkg: dict, gt_image: torch.Tensor, w: Stage1LossWeights, scales: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -7,6 +7,7 @@ albedo_map [3, H, W], roughness_map / metallic_map [1, H, W], viewspace_points, 
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,25 +112,41 @@ def render_set(gaussians: GaussianModel, views, out_dir: Path, bg: torch.Tensor,
     """3DGS render.py layout: out_dir/{renders,gt,normal,normal_from_depth,depth,albedo,roughness,metallic,opacity}/NNNNN.png.
 
     Normals are 16-bit PNGs of (n + 1) / 2 with alpha = rendered opacity > 0.5 masked; depth 16-bit with
-    metadata depth_scale (scene units per step).
+    metadata depth_scale (scene units per step). Written into a hidden sibling folder that replaces
+    out_dir only when every view is done, so an interrupted render leaves no half-filled ours_<N>.
     """
     from tqdm import tqdm
 
+    final = Path(out_dir)
+    partial, old = final.parent / f".{final.name}.partial", final.parent / f".{final.name}.old"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for i, view in enumerate(tqdm(views, desc=f"render {final.parent.name}", disable=not progress)):
+            _write_view(gaussians, view, partial, f"{i:05d}.png", bg, device, backend)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if final.exists():
+        final.rename(old)
+    partial.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_view(gaussians: GaussianModel, view, out_dir: Path, name: str, bg: torch.Tensor, device, backend: str) -> None:
+    """One view's maps into out_dir/<map>/name (render_set's layout)."""
     from lumenkit.common.images import write_image
     from lumenkit.gsir.data import DEPTH_SCALE
 
-    for i, view in enumerate(tqdm(views, desc=f"render {out_dir.parent.name}", disable=not progress)):
-        cam = view.camera(device)
-        pkg = render(gaussians, cam, bg, backend=backend, inference=True)
-        name = f"{i:05d}.png"
-        write_image(out_dir / "renders" / name, to_hwc(pkg["render"]))
-        write_image(out_dir / "gt" / name, to_hwc(view.image))
-        write_image(out_dir / "normal" / name, normal_to_rgb(pkg["normal_map"]), bit_depth=16)
-        write_image(out_dir / "normal_from_depth" / name, normal_to_rgb(pkg["normal_map_from_depth"]), bit_depth=16)
-        d = pkg["depth_map"][0].cpu().numpy()
-        write_image(out_dir / "depth" / name, np.clip(np.round(d / DEPTH_SCALE), 0, 65535).astype(np.uint16)[..., None], metadata={"depth_scale": str(DEPTH_SCALE)})
-        write_image(out_dir / "albedo" / name, to_hwc(pkg["albedo_map"]))
-        write_image(out_dir / "roughness" / name, to_hwc(pkg["roughness_map"]))
-        write_image(out_dir / "metallic" / name, to_hwc(pkg["metallic_map"]))
-        write_image(out_dir / "opacity" / name, to_hwc(pkg["opacity_map"]))
-    return out_dir
+    cam = view.camera(device)
+    pkg = render(gaussians, cam, bg, backend=backend, inference=True)
+    write_image(out_dir / "renders" / name, to_hwc(pkg["render"]))
+    write_image(out_dir / "gt" / name, to_hwc(view.image))
+    write_image(out_dir / "normal" / name, normal_to_rgb(pkg["normal_map"]), bit_depth=16)
+    write_image(out_dir / "normal_from_depth" / name, normal_to_rgb(pkg["normal_map_from_depth"]), bit_depth=16)
+    d = pkg["depth_map"][0].cpu().numpy()
+    write_image(out_dir / "depth" / name, np.clip(np.round(d / DEPTH_SCALE), 0, 65535).astype(np.uint16)[..., None], metadata={"depth_scale": str(DEPTH_SCALE)})
+    write_image(out_dir / "albedo" / name, to_hwc(pkg["albedo_map"]))
+    write_image(out_dir / "roughness" / name, to_hwc(pkg["roughness_map"]))
+    write_image(out_dir / "metallic" / name, to_hwc(pkg["metallic_map"]))
+    write_image(out_dir / "opacity" / name, to_hwc(pkg["opacity_map"]))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,94 +26,12 @@ import torch
 from lumenkit.common.errors import LumenkitError
 from lumenkit.common.fileio import atomic_path, atomic_write_json
 from lumenkit.common.metrics import psnr
-from lumenkit.gsir.gaussians import GaussianModel, OptimConfig
-from lumenkit.gsir.losses import Stage1LossWeights, stage1_loss
+from lumenkit.gsir.config import PAPER_ITERATIONS, Stage1Config
+from lumenkit.gsir.gaussians import GaussianModel
+from lumenkit.gsir.losses import stage1_loss
 
-PAPER_ITERATIONS = 30_000
-
-
-@dataclass
-class Stage1Config:
-    """GS-IR stage-1 / 3DGS training settings (defaults from the official code)."""
-
-    iterations: int = 30_000
-    sh_degree: int = 3
-    sh_up_interval: int = 1000
-    # densification (3DGS OptimizationParams)
-    densify_from_iter: int = 500
-    densify_until_iter: int = 15_000
-    densification_interval: int = 100
-    opacity_reset_interval: int = 3000
-    densify_grad_threshold: float = 0.0002
-    min_opacity: float = 0.005
-    max_screen_size: float = 20.0  # px, after the first opacity reset
-    # init (synthetic scenes: random points in +-bound)
-    num_points: int = 100_000
-    init_bound: float = 1.3
-    # background / data
-    white_background: bool = False
-    random_background: bool = False
-    resolution: int = -1
-    # losses
-    losses: Stage1LossWeights = field(default_factory=Stage1LossWeights)
-    # GS-IR's rasterizer: depth normal from the 3x3 median-filtered depth; no normal gradient on the
-    # image border pixels
-    depth_median: bool = True
-    skip_border_normal_grad: bool = True
-    # the lumenkit depth-normal terms (losses.lambda_depth_normal and lambda_depth_normal_tv) start here (of 30000, scaled). From the first
-    # iteration it inflates densification's view-space gradient statistic (measured: 3x the Gaussians, -10 dB);
-    # the default starts after densification; 10000 (late in densification) adds 2% Gaussians and is 0.18 deg
-    # better in BENCHMARKS gsir-ablation, which the benchmark uses
-    depth_normal_from_iter: int = 15_000
-    # lumenkit addition (False = GS-IR): the depth normal takes, per axis, the side with the smaller second
-    # difference (geometry.depth_to_normal side_rule="curvature"), which keeps it on one face at creases
-    crease_aware_depth_normal: bool = False
-    # lumenkit addition (False = GS-IR): normals facing away from the camera leave the normal blend
-    cull_backfacing_normals: bool = False
-    # lumenkit addition (False = GS-IR): each Gaussian blends the depth of its own plane, not its centre's
-    planar_depth: bool = False
-    # the lumenkit distortion term (losses.lambda_distortion) starts here (of 30000, scaled). 2DGS starts it at 3000;
-    # here, during densification, it pulled PSNR from 36 to 27 dB (weight 10 from 3000, measured), so it waits
-    distortion_from_iter: int = 15_000
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: str = "auto"  # auto | paper
-    seed: int = 0
-    backend: str = "auto"
-    test_iterations: list[int] = field(default_factory=list)
-    checkpoint_iterations: list[int] = field(default_factory=list)
-
-    def scaled(self) -> "Stage1Config":
-        """Apply schedule='auto': iteration-valued settings x iterations / 30000 (minimums kept sane)."""
-        if self.schedule == "paper" or self.iterations >= PAPER_ITERATIONS:
-            return self
-        if self.schedule != "auto":
-            raise LumenkitError(f"--schedule {self.schedule!r}: expected auto or paper")
-        f = self.iterations / PAPER_ITERATIONS
-        s = lambda v, lo: max(lo, int(round(v * f)))  # noqa: E731
-        c = dataclasses.replace(self)
-        # short runs: densification waits for the colours to settle (>= 10% of the run) and
-        # accumulates view-space gradients over >= 25 iterations, or the Gaussian count explodes
-        c.densify_from_iter = max(s(self.densify_from_iter, 50), self.iterations // 10)
-        c.densify_until_iter = max(s(self.densify_until_iter, 50), c.densify_from_iter + 1)
-        c.depth_normal_from_iter = s(self.depth_normal_from_iter, 1)
-        c.distortion_from_iter = s(self.distortion_from_iter, 1)
-        c.densification_interval = s(self.densification_interval, 25)
-        c.opacity_reset_interval = s(self.opacity_reset_interval, 100)
-        c.sh_up_interval = s(self.sh_up_interval, 10)
-        c.optim = dataclasses.replace(self.optim, position_lr_max_steps=s(self.optim.position_lr_max_steps, 100))
-        c.schedule = "scaled"
-        return c
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Stage1Config":
-        d = dict(d)
-        d["losses"] = Stage1LossWeights(**d.get("losses", {}))
-        d["optim"] = OptimConfig(**d.get("optim", {}))
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+__all__ = ["PAPER_ITERATIONS", "Stage1Config", "evaluate_views", "latest_checkpoint", "load_checkpoint", "load_model", "resolution_scale",
+           "save_checkpoint", "training", "view_index"]
 
 
 def resolution_scale(resolution: int, width: int) -> float:
@@ -143,10 +61,21 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise LumenkitError(f"{path}: cannot be loaded as a safe checkpoint (weights_only=True): {str(exc).splitlines()[0]}") from None
+        raise LumenkitError(f"{path}: cannot be loaded as a safe checkpoint (weights_only=True): {_load_failure(path, exc)}") from None
     if not isinstance(state, dict) or state.get("format") != "lumenkit-gsir-stage1":
         raise LumenkitError(f"{path}: not a lumenkit gsir checkpoint (no 'format': 'lumenkit-gsir-stage1')")
     return state
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in a few words (torch's message also suggests
+    weights_only=False, which is no advice for a file of unknown origin)."""
+    if not zipfile.is_zipfile(path):
+        return "not a torch.save file (truncated, corrupt or another format)"
+    msg = str(exc)
+    if "WeightsUnpickler error:" in msg:
+        return msg.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].split(". ")[0]
+    return (msg.strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
 
 
 def latest_checkpoint(model_path: Path) -> Path | None:
@@ -181,23 +110,22 @@ def training(
     from lumenkit.gsir.pipeline import render
 
     model_path = Path(model_path)
-    model_path.mkdir(parents=True, exist_ok=True)
     run = cfg.scaled()
     seed_everything(run.seed)
-    print("[gsir train] config:\n" + json.dumps(run.to_dict(), indent=2))
-    atomic_write_json(model_path / "config.json", run.to_dict())
-
     gaussians = GaussianModel(run.sh_degree, device, run.cull_backfacing_normals, run.planar_depth)
     first_iter = 0
-    if start_checkpoint:
+    if start_checkpoint:  # read and checked before anything is written
         state = load_checkpoint(start_checkpoint, device)
-        gaussians.load_state_dict(state["gaussians"], run.optim)
-        # the flags of this run win over the checkpoint's (the same ones on an exact resume)
-        gaussians.cull_backfacing_normals, gaussians.planar_depth = run.cull_backfacing_normals, run.planar_depth
         first_iter = int(state["iteration"])
         if first_iter >= run.iterations:
             raise LumenkitError(f"--start_checkpoint {start_checkpoint} is at iteration {first_iter} >= --iterations {run.iterations}: nothing to do")
-    else:
+        gaussians.load_state_dict(state["gaussians"], run.optim)
+        # the flags of this run win over the checkpoint's (the same ones on an exact resume)
+        gaussians.cull_backfacing_normals, gaussians.planar_depth = run.cull_backfacing_normals, run.planar_depth
+    print("[gsir train] config:\n" + json.dumps(run.to_dict(), indent=2))
+    model_path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(model_path / "config.json", run.to_dict())
+    if not start_checkpoint:
         gaussians.create_random(run.num_points, run.init_bound, scene.extent, make_generator(run.seed))
         gaussians.training_setup(run.optim)
 
