@@ -19,6 +19,7 @@ import time
 import torch
 
 from lumenkit.common.bench import markdown_table, write_section
+from lumenkit.common.config import parse_list
 from lumenkit.diffusion import NoiseSchedule, sample
 from lumenkit.diffusion.evaluate import sw_table
 
@@ -91,14 +92,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small smoke run; does not write BENCHMARKS.md")
     ap.add_argument("--n", type=int, default=8000, help="samples per cell of the quality table")
-    ap.add_argument("--seeds", default="0,1,2,3", help="seeds averaged per cell")
+    ap.add_argument("--seeds", default=[0, 1, 2, 3], type=lambda t: parse_list(t, int, name="seeds"), help="comma list of seeds averaged per cell")
     args = ap.parse_args()
     torch.set_num_threads(1)  # shared 2-core machine: one intra-op thread is both faster and steadier here
     t_start = time.perf_counter()
 
     steps = (10, 20) if args.quick else (10, 20, 50, 100, 1000)
     n = 1000 if args.quick else args.n
-    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    seeds = [0] if args.quick else list(args.seeds)
     q = sw_table(steps, (0.0, 0.2, 0.5, 1.0), ("plms", "euler_a", "ddpm"), n=n, seeds=seeds)
     quality_rows = [[label] + [f"{cells[int(S)]['sw']:.4f} ± {cells[int(S)]['sw_sd']:.4f}" for S in steps] for label, cells in q["cells"].items()]
     cov_rows = [[label] + [f"{cells[int(S)]['cov_rel_err']:.3f}" for S in steps] for label, cells in q["cells"].items()]

@@ -70,10 +70,12 @@ def speed_table(sizes: list[int]) -> tuple[list[str], list[list], list[dict]]:
 
 
 def main() -> None:
+    from lumenkit.common.config import parse_list
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small smoke run; does not write BENCHMARKS.md")
     ap.add_argument("--speed-one", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=(0, 1, 2), type=lambda t: tuple(parse_list(t, int, name="seeds")), help="comma list of scene seeds")
     args = ap.parse_args()
     if args.speed_one is not None:
         print(json.dumps(speed_one(args.speed_one)))
@@ -86,7 +88,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     kinds = ("objects", "lights") if args.quick else ("objects", "lights", "water", "pan")
-    seeds = (0,) if args.quick else tuple(int(s) for s in args.seeds.split(","))
+    seeds = (0,) if args.quick else args.seeds
     t0 = time.perf_counter()
     summary = evaluate_suite(kinds, seeds, 320, 240)
     q_secs = time.perf_counter() - t0

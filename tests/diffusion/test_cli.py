@@ -40,3 +40,49 @@ def test_demo_section(tmp_path):
 
     html = demo_section(tmp_path, torch.device("cpu"))
     assert html.startswith("<h2>") and html.count("<img") == 5 and "<table>" in html
+
+
+@pytest.mark.parametrize("argv,culprit", [
+    (["toy", "--steps", "0"], "--steps 0"),
+    (["toy", "--steps", "1001"], "--steps 1001"),
+    (["toy", "--sampler", "bogus"], "--sampler"),
+    (["toy", "--eta", "-1"], "--eta"),
+    (["toy", "--n", "3"], "--n 3"),
+    (["toy", "--linear-start", "0"], "--linear-start"),
+    (["toy", "--schedule", "cubic"], "--schedule"),
+    (["evaluate", "--steps", "10,x"], "--steps"),
+    (["evaluate", "--steps", "10,2000"], "--steps 2000"),
+    (["evaluate", "--samplers", "ddim,heun"], "heun"),
+    (["evaluate", "--etas", "0,-1"], "--etas"),
+    (["timesteps", "--steps", "0"], "--steps 0"),
+    (["timesteps", "--spacing", "trailing"], "--spacing"),
+])
+def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv, culprit):
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if argv[0] != "timesteps" else []
+    with pytest.raises(SystemExit) as e:
+        main(["diffusion", *argv, *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and culprit in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_flags_and_defaults_come_from_the_configs(capsys):
+    """The toy's --help shows ToyConfig's defaults; timesteps prints exactly make_ddim_timesteps' steps."""
+    import numpy as np
+
+    from lumenkit.diffusion import SAMPLERS, make_ddim_timesteps
+    from lumenkit.diffusion.pipeline import TimestepsConfig, ToyConfig
+
+    with pytest.raises(SystemExit):
+        main(["diffusion", "toy", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"--sampler {{{','.join(SAMPLERS)}}}" in text and f"(default: {ToyConfig().n})" in text
+    with pytest.raises(SystemExit) as e:
+        main(["diffusion", "timesteps", "--steps", "30", "--spacing", "leading"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    want = make_ddim_timesteps("uniform", 30, 1000, spacing="leading")
+    assert text.startswith("timesteps (30): ") and np.array_equal(np.array(text.split("[")[1].split("]")[0].split(), int), want)
+    assert TimestepsConfig().schedule == "linear" and TimestepsConfig().linear_end == 0.012  # SD's, as the seed prints

@@ -60,12 +60,44 @@ def test_quad_spacing_with_eta():
     assert torch.allclose(ours, manual_ddim(x, ts, eta, noises), atol=1e-9)
 
 
+def gaussian_oracle(x, t, cond=None):
+    """The exact eps-predictor for data ~ N(0, 0.25 I): eps = sqrt(1 - a) x / (0.25 a + 1 - a)."""
+    a = AC.to(x.dtype)[t.long()].reshape(-1, *([1] * (x.dim() - 1)))
+    return (1 - a).sqrt() * x / (a * 0.25 + 1 - a)
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
-@pytest.mark.parametrize("S", [1, 1000])
-def test_every_sampler_runs_at_extreme_step_counts(sampler, S):
-    out, inter = sample(model, SCHED, sampler, S, shape=(1, 2, 3, 3), generator=torch.Generator().manual_seed(0), progress=False)
-    assert out.shape == (1, 2, 3, 3) and torch.isfinite(out).all()
-    assert len(inter["x_inter"]) >= 2
+def test_one_step_equals_the_closed_form(sampler):
+    """S = 1 (CompVis timestep 1): DDPM and Euler-a go to clean data, x = pred_x0 = (x - sqrt(1 - a) e) / sqrt(a);
+    DDIM to alpha-bar a[0]; PLMS the same DDIM step with e averaged over two calls at the same timestep."""
+    x = xT((3, 2, 2, 2), torch.float64)
+    calls = []
+    out, _ = sample(lambda x_, t, c: (calls.append(int(t[0])), model(x_, t, c))[1], SCHED, sampler, 1, x_T=x,
+                    generator=torch.Generator().manual_seed(0), progress=False)
+    a, a0 = float(AC[1]), float(AC[0])
+    e = model(x, torch.full((3,), 1))
+    x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
+    if sampler == "plms":
+        x_pred = math.sqrt(a0) * x0 + math.sqrt(1 - a0) * e
+        e = (e + model(x_pred, torch.full((3,), 1))) / 2
+        x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
+    want = x0 if sampler in ("ddpm", "euler_a") else math.sqrt(a0) * x0 + math.sqrt(1 - a0) * e
+    assert calls == ([1, 1] if sampler == "plms" else [1])
+    assert torch.allclose(out, want, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_step_of_the_chain_reproduces_a_gaussian(sampler):
+    """S = T (every timestep 0..999, unshifted): with the exact oracle of N(0, 0.25), each sampler's
+    samples have variance 0.25 (the probability-flow ODE maps N(0, 1) onto the data exactly, and the
+    ancestral samplers are exact DDPM chains). 20000 values: the sample variance's sd is 0.0025."""
+    calls = []
+    out, inter = sample(lambda x_, t, c: (calls.append(int(t[0])), gaussian_oracle(x_, t))[1], SCHED, sampler, 1000,
+                        shape=(5000, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64, progress=False)
+    assert calls[:2] == [999, 998] and calls[-1] == 0 and len(calls) == 1000 + (sampler == "plms")
+    assert abs(float(out.var()) - 0.25) < 0.012, float(out.var())
+    assert abs(float(out.mean())) < 0.01
+    assert len(inter["x_inter"]) == 1 + 10 + 1  # x_T, every 100th countdown index, and the first step
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -217,7 +249,52 @@ def test_bad_arguments_raise_lumenkit_error(kwargs, match):
 
 
 def test_bad_schedule_and_model():
-    with pytest.raises(LumenkitError):
+    with pytest.raises(LumenkitError, match="NoiseSchedule"):
         sample(model, "linear", shape=(1, 2))
     with pytest.raises(LumenkitError, match="model returned shape"):
         sample(lambda x, t, c: x[:, :1], SCHED, shape=(1, 2, 2), progress=False)
+
+
+def test_options_dataclass_equals_keywords_and_rejects_unknown_settings():
+    from lumenkit.diffusion import SamplerOptions
+
+    kw = dict(eta=0.4, temperature=0.8, noise_dropout=0.2, discretize="quad", log_every_t=3)
+    a, ia = sample(model, SCHED, "ddim", 12, x_T=xT(), generator=torch.Generator().manual_seed(5), progress=False, **kw)
+    b, ib = sample(model, SCHED, "ddim", 12, x_T=xT(), generator=torch.Generator().manual_seed(5), options=SamplerOptions(progress=False, **kw))
+    assert torch.equal(a, b) and len(ia["x_inter"]) == len(ib["x_inter"])
+    # keywords win over options
+    c, _ = sample(model, SCHED, "ddim", 12, x_T=xT(), options=SamplerOptions(eta=0.4, progress=False), eta=0.0)
+    d, _ = sample(model, SCHED, "ddim", 12, x_T=xT(), progress=False)
+    assert torch.equal(c, d)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'etta'"):
+        sample(model, SCHED, "ddim", 12, x_T=xT(), etta=0.1)
+    with pytest.raises(LumenkitError, match="eta"):
+        SamplerOptions(eta=float("inf"))
+    assert SamplerOptions().for_sampler("euler_a").eta == 1.0 and SamplerOptions().for_sampler("ddim").eta == 0.0
+    assert SamplerOptions().for_sampler("ddpm").set_alpha_to_one and not SamplerOptions().for_sampler("ddim").set_alpha_to_one
+
+
+def test_one_sampler_list_with_one_signature():
+    """SAMPLERS is the registry's names; every sampler function runs from the same five arguments."""
+    import inspect
+
+    from lumenkit.diffusion import SAMPLER_FUNCTIONS, SamplerOptions, resolve_sampler
+    from lumenkit.diffusion.denoiser import Denoiser, Hooks
+    from lumenkit.diffusion.timesteps import make_step_plan
+
+    assert SAMPLERS == tuple(SAMPLER_FUNCTIONS) == ("ddpm", "ddim", "plms", "euler_a")
+    assert {tuple(inspect.signature(f).parameters) for f in SAMPLER_FUNCTIONS.values()} == {("denoiser", "x", "plan", "hooks", "opts")}
+    assert resolve_sampler("euler_ancestral") == "euler_a"
+    with pytest.raises(LumenkitError, match="heun"):
+        resolve_sampler("heun")
+    # calling a sampler function directly gives what sample() gives
+    plan = make_step_plan(SCHED, 10)
+    x = xT()
+    for name, fn in SAMPLER_FUNCTIONS.items():
+        opts = SamplerOptions().for_sampler(name)
+        plan = make_step_plan(SCHED, 10, set_alpha_to_one=opts.set_alpha_to_one)
+        noise = lambda like: torch.zeros_like(like)  # noqa: E731
+        hooks = Hooks(len(plan), noise=noise, progress=False, timesteps=plan.timesteps)
+        direct = fn(Denoiser(model, plan, x.shape[0], x.device), x, plan, hooks, opts)
+        via, _ = sample(model, SCHED, name, 10, x_T=x, noise_sampler=noise, progress=False)
+        assert torch.equal(direct, via), name

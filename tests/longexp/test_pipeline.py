@@ -280,3 +280,89 @@ def test_soft_gamma_auto_is_on_only_for_moving_clipped_highlights():
         assert np.array_equal(res.image, finish(prep, with_render(base, soft_gamma=expect)).image)
     with pytest.raises(LumenkitError, match="soft-gamma"):
         LongExpConfig(render=with_render(LongExpConfig(), soft_gamma="sometimes").render)
+
+
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scene")
+    write_synth(synthesize(SynthConfig(kind="lights", width=96, height=64, frames=4, subframes=2, seed=0)), d / "s")
+    return d / "s"
+
+
+@pytest.mark.parametrize("argv,culprit", [
+    (["run", "{burst}", "--threads", "-1"], "--threads -1"),
+    (["run", "{burst}", "--bit-depth", "16", "-o", "{out}/x.jpg"], "16-bit"),
+    (["run", "{burst}", "--mode", "sideways"], "--mode"),
+    (["run", "{burst}", "--soft-gamma", "maybe"], "--soft-gamma"),
+    (["run", "{burst}", "--max-frames", "1"], "--max-frames 1"),
+    (["run", "{burst}", "--gain", "0"], "--gain"),
+    (["run", "{burst}", "--render_scale", "2"], "--render_scale"),
+    (["run", "{tmp}/empty"], "at least 2 frames, found 0"),
+    (["run", "{tmp}/texts"], "at least 2 frames, found 0"),
+    (["run", "{tmp}/corrupt.mp4"], "not a readable video"),
+    (["run", "{tmp}/missing"], "no such burst"),
+    (["synth", "--kind", "bogus", "-o", "{out}/s"], "--kind"),
+    (["synth", "--width", "-5", "-o", "{out}/s"], "--width -5"),
+    (["synth", "--frames", "1", "-o", "{out}/s"], "--frames 1"),
+    (["synth", "--exposure", "nan", "-o", "{out}/s"], "--exposure"),
+    (["evaluate", "--kinds", "objects,bogus"], "--kinds"),
+    (["evaluate", "--seeds", "0,x"], "--seeds"),
+    (["evaluate", "--threads", "-2"], "--threads -2"),
+    (["evaluate", "{tmp}/empty"], "not a synthetic burst folder"),
+])
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, small_scene, capsys, argv, culprit):
+    from lumenkit.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    for n in ("a.txt", "b.txt"):
+        (tmp_path / "texts" / n).write_text("not a frame")
+    (tmp_path / "corrupt.mp4").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    out.mkdir()
+    sub = {"burst": str(small_scene / "burst"), "out": str(out), "tmp": str(tmp_path)}
+    argv = [a.format(**sub) for a in argv]
+    if argv[0] == "run" and "-o" not in argv:
+        argv += ["-o", str(out / "x.png")]
+    with pytest.raises(SystemExit) as e:
+        main(["longexp", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and culprit in err and "Traceback" not in err, err
+    assert list(out.iterdir()) == []
+
+
+def test_run_flags_build_the_configs(small_scene):
+    """The README's switches set the config fields they name; the rest keep LongExpConfig's defaults
+    (soft gamma 'auto' included), and the gain comes from scene.json unless given."""
+    from lumenkit.cli import build_parser
+    from lumenkit.longexp.cli import run_configs
+    from lumenkit.longexp.pipeline import LongExpConfig
+
+    burst = str(small_scene / "burst")
+    run, cfg = run_configs(build_parser().parse_args(["longexp", "run", burst, "-o", "x.png", "--no-spline", "--no-select", "--a", "0.1"]))
+    default = LongExpConfig()
+    assert cfg.render.spline is False and cfg.render.ramp is True and cfg.render.soft_gamma == "auto"
+    assert cfg.select_frames is False and cfg.a == 0.1 and cfg.b == default.b and cfg.mode == default.mode
+    assert cfg.gain == pytest.approx(2.0) and run.bit_depth == 8 and run.threads == 0  # synth's exposure 0.5 -> gain 2
+    _, cfg = run_configs(build_parser().parse_args(["longexp", "run", burst, "-o", "x.png", "--no-soft-gamma", "--gain", "1.5", "--no_ramp"]))
+    assert cfg.render.soft_gamma is False and cfg.gain == 1.5 and cfg.render.ramp is False
+    _, cfg = run_configs(build_parser().parse_args(["longexp", "run", burst, "-o", "x.png", "--soft-gamma", "on"]))
+    assert cfg.render.soft_gamma is True
+
+
+def test_synth_rewrites_a_shorter_burst_without_stale_frames(tmp_path):
+    from lumenkit.cli import main
+
+    def synth(frames):
+        with pytest.raises(SystemExit) as e:
+            main(["longexp", "synth", "--kind", "objects", "--width", "64", "--height", "48", "--frames", str(frames), "--subframes", "1", "-o", str(tmp_path / "s")])
+        return e.value.code
+
+    assert synth(5) == 0 and synth(3) == 0
+    assert sorted(p.name for p in (tmp_path / "s" / "burst").iterdir()) == ["frame_000.png", "frame_001.png", "frame_002.png"]
+    assert len(read_synth(tmp_path / "s").frames) == 3
+    (tmp_path / "s" / "burst" / "notes.txt").write_text("mine")
+    with pytest.raises(LumenkitError, match="did not write"):
+        write_synth(synthesize(SynthConfig(width=64, height=48, frames=2, subframes=1)), tmp_path / "s")
+    assert (tmp_path / "s" / "burst" / "notes.txt").read_text() == "mine"

@@ -60,7 +60,8 @@ def read_video(path: str | Path, max_frames: int | None = None) -> list[np.ndarr
             if max_frames and len(frames) >= max_frames:
                 break
     except Exception as exc:  # imageio raises many types for bad containers
-        raise LumenkitError(f"{path}: not a readable video ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]  # ffmpeg appends its whole stderr
+        raise LumenkitError(f"{path}: not a readable video ({type(exc).__name__}: {first})") from exc
     return _check_frames(frames, [f"{path} frame {i}" for i in range(len(frames))], str(path))
 
 
