@@ -36,7 +36,7 @@ def test_caption_round_trip_every_scene_and_two_objects():
 
 @pytest.mark.parametrize("bad", ["a red circle", "a small red hexagon on the left on a white background", "a small red circle on the left on a white"])
 def test_parse_caption_rejects_text_outside_the_grammar(bad):
-    with pytest.raises(LumenkitError):
+    with pytest.raises(LumenkitError, match="is not in the shapes grammar"):
         D.parse_caption(bad)
 
 
@@ -78,5 +78,6 @@ def test_write_dataset(tmp_path):
         img = read_image(tmp_path / l["file_name"])
         assert img.shape == (64, 64, 3)
         assert D.parse_caption(l["text"]) == D.Scene.from_json(l)
-    with pytest.raises(LumenkitError):
-        D.write_dataset(tmp_path, 0)
+    with pytest.raises(LumenkitError, match="--n 0: must be a positive number"):
+        D.write_dataset(tmp_path / "none", 0)
+    assert not (tmp_path / "none").exists()
