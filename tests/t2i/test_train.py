@@ -1,5 +1,8 @@
-"""Training stages on the `tiny` preset: the loss goes down, and a resumed run continues identically."""
+"""Training stages on the `tiny` preset: the loss goes down, a resumed run continues identically, and
+2 processes (torchrun, gloo) train the same models as 1."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -105,3 +108,81 @@ def test_offset_noise_adds_a_per_channel_constant_of_the_requested_std():
     assert abs(float(offset.mean(dim=(2, 3)).std()) - (0.3**2 + 1 / 256) ** 0.5) < 0.01
     # the per-pixel residual around that mean is still unit variance
     assert abs(float((offset - offset.mean(dim=(2, 3), keepdim=True)).std()) - 1.0) < 0.01
+
+
+TINY_RECIPE = {
+    "clip": {"preset": "tiny", "steps": 3, "batch_size": 8, "mixed_precision": "no", "log_every": 1},
+    "vae": {"preset": "tiny", "steps": 3, "batch_size": 4, "mixed_precision": "no", "eval_images": 8, "log_every": 1},
+    "unet": {"preset": "tiny", "steps": 3, "batch_size": 4, "mixed_precision": "no", "n_latents": 32, "log_every": 1},
+    "oracle": {"steps": 2, "batch_size": 8, "eval_images": 16},
+}
+
+
+def _global_rel_diff(a: dict, b: dict) -> float:
+    """||a - b|| / ||a|| over all float tensors, k_proj biases left out: their gradient is zero in exact
+    arithmetic (softmax ignores a constant added to every key), so Adam steps on round-off there."""
+    keys = [k for k in a if a[k].is_floating_point() and not k.endswith("k_proj.bias")]
+    return float(torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm() / torch.cat([a[k].flatten() for k in keys]).norm())
+
+
+def test_recipe_on_two_processes_matches_one(tmp_path):
+    """`t2i train --config RECIPE` (all stages) on 2 gloo processes at the same global batch writes the
+    same CLIP (InfoNCE gathered over processes), VAE and UNet (EMA) as 1 process (measured ~2e-8)."""
+    from safetensors.torch import load_file
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(TINY_RECIPE))
+    runs = {1: [sys.executable, "-m", "lumenkit"], 2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lumenkit"]}
+    for n, launcher in runs.items():
+        res = subprocess.run([*launcher, "t2i", "train", "--config", str(recipe), "--out", str(tmp_path / f"p{n}"), "--threads", "1"],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    for part, file in (("clip", "model"), ("vae", "diffusion_pytorch_model"), ("unet", "diffusion_pytorch_model")):
+        one = load_file(tmp_path / "p1" / "model" / part / f"{file}.safetensors")
+        two = load_file(tmp_path / "p2" / "model" / part / f"{file}.safetensors")
+        assert _global_rel_diff(one, two) <= 1e-5, part
+    log1 = [json.loads(x) for x in (tmp_path / "p1" / "clip_train" / "loss_log.jsonl").read_text().splitlines()]
+    log2 = [json.loads(x) for x in (tmp_path / "p2" / "clip_train" / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log1] == pytest.approx([r["loss"] for r in log2], rel=1e-5)
+
+
+def test_clip_loss_matches_transformers(tmp_path):
+    """On one process, clip_contrastive_loss equals CLIPModel's own return_loss=True loss."""
+    from lumenkit.t2i import data as D
+    from lumenkit.t2i.models import build_clip_model
+    from lumenkit.t2i.tokenizer import tokenize
+
+    model_cfg = T.shapes_model_config("tiny")
+    tok = T.build_tokenizer(tmp_path, model_cfg)
+    clip = build_clip_model(model_cfg, vocab_size=len(tok), **T.token_ids(tok)).eval()
+    b = D.make_batch(T.batch_rng(0, 0), 6, "train")
+    ids = tokenize(tok, b.captions)
+    with torch.no_grad():
+        ref = clip(input_ids=ids, pixel_values=b.images, return_loss=True).loss
+        ours = T.clip_contrastive_loss(*T.ClipEmbed(clip)(ids, b.images))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    from lumenkit.common.errors import LumenkitError
+
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"unet": {"stpes": 3}}))
+    with pytest.raises(LumenkitError, match="stpes"):
+        T.load_recipe(bad)
+    bad.write_text(json.dumps({"unte": {}}))
+    with pytest.raises(LumenkitError, match="unte"):
+        T.load_recipe(bad)
+
+
+def test_shipped_recipe_is_the_shipped_models_training_log():
+    """configs/t2i_shapes.json holds the configs in the shipped model's training_log.json (steps, batch, lr, ...)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = T.load_recipe(root / "configs" / "t2i_shapes.json")
+    log = json.loads((root / "src" / "lumenkit" / "t2i" / "pretrained" / "shapes" / "training_log.json").read_text())
+    for stage, overrides in recipe.items():
+        ours = T.stage_config_from_dict(T.STAGE_CONFIGS[stage], overrides)
+        shipped = T.stage_config_from_dict(T.STAGE_CONFIGS[stage], {k: v for k, v in log["stages"][stage]["config"].items() if k != "max_minutes"})
+        assert ours == shipped, stage

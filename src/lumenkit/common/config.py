@@ -144,11 +144,24 @@ def _default(f: dataclasses.Field) -> Any:
     return _MISSING
 
 
+def _inherit_metadata(cls: type, f: dataclasses.Field) -> dataclasses.Field:
+    """A subclass that only changes a default (`steps: int = 600`) keeps the base class's help and choices."""
+    if f.metadata.get("help"):
+        return f
+    for base in cls.__mro__[1:]:
+        for g in dataclasses.fields(base) if dataclasses.is_dataclass(base) else ():
+            if g.name == f.name and g.metadata.get("help"):
+                new = dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=g.metadata)
+                new.name, new.type = f.name, f.type
+                return new
+    return f
+
+
 def config_fields(cls: type, *, exclude: Sequence[str] = ()) -> list[tuple[tuple[str, ...], dataclasses.Field, Any]]:
     """(path, field, type) of every CLI leaf of cls, nested dataclasses flattened, in declaration order."""
     out = []
     hints = _hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in map(lambda f: _inherit_metadata(cls, f), dataclasses.fields(cls)):
         if not f.init or f.name in exclude or not f.metadata.get("cli", True):
             continue
         tp = hints[f.name]
@@ -160,8 +173,9 @@ def config_fields(cls: type, *, exclude: Sequence[str] = ()) -> list[tuple[tuple
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = (),
-                         group: str | None = None) -> argparse.ArgumentParser:
-    """Add one flag per field of `cls` (see the module docstring). Defaults are shown in --help."""
+                         group: str | None = None, show_defaults: bool = True) -> argparse.ArgumentParser:
+    """Add one flag per field of `cls` (see the module docstring). Defaults are shown in --help unless
+    show_defaults=False (flags that override several configs with defaults of their own)."""
     target = parser.add_argument_group(group) if group else parser
     for path, f, tp in config_fields(cls, exclude=exclude):
         dest = "__".join(path)
@@ -172,7 +186,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude:
         if _strip_optional(tp)[0] is bool:
             excl = target.add_mutually_exclusive_group()
             excl.add_argument(*names, dest=dest, action="store_true", default=argparse.SUPPRESS,
-                              help=f"{help_text} (default: {'on' if default else 'off'})")
+                              help=f"{help_text} (default: {'on' if default else 'off'})" if show_defaults else help_text)
             excl.add_argument("--no_" + flag[2:], dest=dest, action="store_false", default=argparse.SUPPRESS,
                               help=f"turn --{flag[2:]} off" if default else argparse.SUPPRESS)
             continue
@@ -180,7 +194,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude:
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         required = default is _MISSING
         target.add_argument(*names, dest=dest, default=argparse.SUPPRESS, required=required,
-                            help=f"{help_text} (default: {shown})" if not required else help_text, **kw)
+                            help=f"{help_text} (default: {shown})" if show_defaults and not required else help_text, **kw)
     return parser
 
 

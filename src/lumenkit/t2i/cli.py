@@ -14,13 +14,14 @@ each default lives once, and each config checks its values in __post_init__, bef
 """
 from __future__ import annotations
 
+import argparse
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lumenkit.common.config import add_config_arguments, check, check_range, config_from_args, param
+from lumenkit.common.config import add_config_arguments, check, check_range, config_from_args, config_to_dict, param, read_json
 from lumenkit.common.device import add_device_arg, fit_threads_to_load, resolve_device, torch_threads
 from lumenkit.common.errors import LumenkitError
 from lumenkit.diffusion import SAMPLERS
@@ -29,8 +30,6 @@ from lumenkit.t2i.evaluate import EvalConfig
 from lumenkit.t2i.models import PRESETS
 from lumenkit.t2i.pipeline import SHIPPED_MODEL, Text2Image, load_pipeline
 
-STAGES = ("clip", "vae", "vae-decoder", "unet", "oracle", "all")
-_add_device = add_device_arg  # the train verb's spelling
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -181,20 +180,7 @@ def register(subparsers) -> None:
     add_config_arguments(d, DataConfig)
     d.set_defaults(func=data_main)
 
-    t = verbs.add_parser("train", help="train a stage (clip, vae, unet, oracle; vae-decoder fine-tunes the VAE decoder) or all; resumable")
-    t.add_argument("stage", choices=STAGES)
-    t.add_argument("--out", required=True, help="work folder (checkpoints in OUT/<stage>_train, components in OUT/<stage>)")
-    t.add_argument("--model-dir", dest="model_dir", default=None, help="train all: where to write the model (default OUT/model)")
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: the stage config's)")
-    t.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--max-minutes", dest="max_minutes", type=float, default=None, help="stop each stage after this wall-clock time")
-    t.add_argument("--no-amp", dest="no_amp", action="store_true", help="disable bf16 autocast")
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    t.add_argument("--config", default=None, help="JSON file {stage: {field: value}} of stage config overrides")
-    _add_device(t)
-    t.set_defaults(func=train_main)
+    register_train(verbs)
 
     s = verbs.add_parser("sample", help="txt2img / img2img with CompVis txt2img.py flags")
     add_config_arguments(s, SampleConfig)
@@ -221,61 +207,89 @@ def data_main(args) -> int:
     return 0
 
 
-def _stage_config(stage: str, args, overrides: dict):
+# ------------------------------------------------------------------------------------------ train
+TRAIN_STAGES = {
+    "clip": "CLIP (image + text towers), contrastive",
+    "vae": "the VAE (AutoencoderKL)",
+    "vae-decoder": "fine-tune the VAE's decoder only (latents unchanged)",
+    "unet": "the UNet, noise prediction on frozen-VAE latents and frozen-CLIP text",
+    "oracle": "the attribute oracle used by `t2i evaluate`",
+    "all": "every stage in turn, then the diffusers-layout model folder",
+}
+
+
+def _train_io_args(p: argparse.ArgumentParser) -> None:
+    """Flags of every train form; SUPPRESS defaults so they may stand before or after the stage."""
+    S = argparse.SUPPRESS
+    p.add_argument("--out", default=S, help="work folder (checkpoints in OUT/<stage>_train, components in OUT/<stage>)")
+    p.add_argument("--config", default=S, help="training recipe JSON {stage: {field: value}}, e.g. configs/t2i_shapes.json")
+    p.add_argument("--model_dir", default=S, help="train all: where to write the model (default OUT/model)")
+    p.add_argument("--threads", type=int, default=S, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default=S, help="auto (CUDA when present), cpu, cuda or cuda:N")
+
+
+def register_train(verbs) -> None:
     from lumenkit.t2i import train as T
 
-    cls = T.STAGE_CONFIGS[stage]
-    cfg = T.config_from_dict(cls, overrides.get(stage, {}))
-    names = {f.name for f in fields(cls)}
-    for key in ("steps", "batch_size", "lr", "seed", "max_minutes"):
-        val = getattr(args, key)
-        if val is not None and key in names:
-            setattr(cfg, key, val)
-    if args.no_amp:
-        cfg.amp = False
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise LumenkitError("--steps and --batch-size must be >= 1")
-    return cfg
+    t = verbs.add_parser("train", help="train a stage or all of them (resumable); `train --config RECIPE --out DIR` = all",
+                         description="Runs on 1 CPU process or, under `accelerate launch` / `torchrun`, on N processes or GPUs.")
+    _train_io_args(t)
+    stages = t.add_subparsers(dest="stage", metavar="<stage>")
+    for stage, what in TRAIN_STAGES.items():
+        sp = stages.add_parser(stage, help=what)
+        _train_io_args(sp)
+        if stage == "all":
+            add_config_arguments(sp, T.StageConfig, group="given flags override every stage (unset: each stage's default)", show_defaults=False)
+        else:
+            cls = T.STAGE_CONFIGS[stage.replace("vae-decoder", "vae")]
+            add_config_arguments(sp, cls, exclude=("decoder_only",))
+    t.set_defaults(func=train_main)
+
+
+def _stage_base(stage: str, out: Path, recipe: dict) -> dict:
+    """The config a single stage starts from: the recipe's, or when resuming the run's saved one."""
+    from lumenkit.t2i import train as T
+
+    key = stage.replace("vae-decoder", "vae")
+    if key in recipe:
+        return recipe[key]
+    saved = out / f"{stage.replace('-', '_')}_train" / "config.json"
+    if saved.is_file():
+        # resuming: keep the recipe the run started with; only flags given now (--steps, ...) change it
+        print(f"resuming with the recipe in {saved}")
+        d = read_json(saved)
+        T.stage_config_from_dict(T.STAGE_CONFIGS[key], d, source=str(saved))
+        return d
+    return {}
 
 
 def train_main(args) -> int:
-    import torch
-
-    from lumenkit.common.device import resolve_device
+    from lumenkit.common.device import resolve_device, torch_threads
     from lumenkit.t2i import train as T
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    overrides = {}
-    if args.config:
-        f = Path(args.config)
-        if not f.is_file():
-            raise LumenkitError(f"--config {f}: no such file")
-        try:
-            overrides = json.loads(f.read_text())
-        except json.JSONDecodeError as exc:
-            raise LumenkitError(f"--config {f}: not JSON ({exc})") from None
-    out = Path(args.out)
-    if args.stage == "all":
-        stages = ("clip", "vae", "unet", "oracle")
-        cfgs = {s: _stage_config(s, args, overrides) for s in stages}
-        model_dir = T.run_all(out, args.model_dir, cfgs, device=device, stages=stages)
-        print(f"model written to {model_dir}")
-        return 0
-    stage = "vae" if args.stage == "vae-decoder" else args.stage
-    saved = out / f"{args.stage.replace('-', '_')}_train" / "config.json"
-    if stage not in overrides and saved.is_file():
-        # resuming: keep the recipe the run started with; only flags given now (--steps, ...) change it
-        overrides = {**overrides, stage: json.loads(saved.read_text())}
-        print(f"resuming with the recipe in {saved}")
-    cfg = _stage_config(stage, args, overrides)
-    if args.stage == "vae-decoder":
-        cfg.decoder_only = True
-    runner = {"clip": T.run_clip, "vae": T.run_vae, "unet": T.run_unet, "oracle": T.run_oracle}[stage]
-    summary = runner(out, cfg, device=device)
-    T.update_training_log(out, summary)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
+    if not hasattr(args, "out"):
+        raise LumenkitError("t2i train: --out is required (the work folder)")
+    out, stage = Path(args.out), args.stage or "all"
+    recipe = T.load_recipe(args.config) if hasattr(args, "config") else {}
+    device = resolve_device(getattr(args, "device", "auto"))
+    if stage == "all":
+        cfgs = {s: config_from_args(T.STAGE_CONFIGS[s], args, base=config_to_dict(T.stage_config_from_dict(T.STAGE_CONFIGS[s], recipe.get(s, {}))))
+                for s in ("clip", "vae", "unet", "oracle")}
+    else:
+        key = stage.replace("vae-decoder", "vae")
+        base = config_to_dict(T.stage_config_from_dict(T.STAGE_CONFIGS[key], _stage_base(stage, out, recipe)))
+        cfgs = {key: config_from_args(T.STAGE_CONFIGS[key], args, base=base, **({"decoder_only": True} if stage == "vae-decoder" else {}))}
+    with torch_threads(getattr(args, "threads", 0)):
+        if stage == "all":
+            model_dir = T.run_all(out, getattr(args, "model_dir", None), cfgs, device=device, stages=("clip", "vae", "unet", "oracle"))
+            if T.is_main_process():
+                print(f"model written to {model_dir}")
+            return 0
+        runner = {"clip": T.run_clip, "vae": T.run_vae, "unet": T.run_unet, "oracle": T.run_oracle}[key]
+        summary = runner(out, cfgs[key], device=device)
+    if T.is_main_process():
+        T.update_training_log(out, summary)
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
     return 0
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lumenkit.common.config import config_from_dict, config_to_dict, param
+from lumenkit.common.config import config_from_dict, config_to_dict, param, read_json
 from lumenkit.common.errors import LumenkitError
 from lumenkit.common.fileio import atomic_dir, atomic_write_json, save_pretrained_atomic
 from lumenkit.common.train_loop import TrainConfig, TrainResult, batch_rng, make_accelerator, torch_gen, train
@@ -125,6 +125,20 @@ def stage_config_from_dict(cls: type[StageConfig], d: dict, source: str = "confi
     if "amp" in d:
         d.setdefault("mixed_precision", "bf16" if d.pop("amp") else "no")
     return config_from_dict(cls, d, source=source)
+
+
+def load_recipe(path: str | Path) -> dict[str, dict]:
+    """A training recipe JSON {stage: {field: value}} (stages clip, vae, unet, oracle), checked strictly:
+    an unknown stage or field is an error naming it and the file."""
+    recipe = read_json(path, what="training recipe (--config)")
+    if not isinstance(recipe, dict):
+        raise LumenkitError(f"{path}: expected a JSON object {{stage: {{field: value}}}}")
+    unknown = sorted(set(recipe) - set(STAGE_CONFIGS))
+    if unknown:
+        raise LumenkitError(f"{path}: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGE_CONFIGS)})")
+    for stage, d in recipe.items():
+        stage_config_from_dict(STAGE_CONFIGS[stage], d, source=f"{path}: {stage}")
+    return recipe
 
 
 def _stage_summary(name: str, res: TrainResult, cfg: StageConfig) -> dict:
