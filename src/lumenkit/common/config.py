@@ -122,7 +122,14 @@ def _field_kind(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         args = typing.get_args(tp)
         item = _scalar_parser(args[0] if args else str, f.name)
-        return {"type": lambda s, _i=item, _n=f.name: parse_list(s, _i, name=_n), "metavar": "A,B,..."}
+
+        def parse(text: str, _i=item, _n=f.name) -> list:
+            try:
+                return parse_list(text, _i, name=_n)
+            except ConfigError as exc:  # argparse shows an ArgumentTypeError's own message
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return {"type": parse, "metavar": "A,B,..."}
     if origin is Literal and choices is None:
         choices = typing.get_args(tp)
     parse = _scalar_parser(tp, f.name)
@@ -209,6 +216,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, *, base: dict | Non
     """Build cls from parsed flags: flags given on the command line win over `base` (e.g. a --config
     JSON), which wins over the dataclass defaults. Validation (__post_init__) errors name the flag."""
     values: dict[str, Any] = json.loads(json.dumps(base or {}, default=str))
+    _fill_nested_defaults(cls, values)
     given = vars(args)
     for path, _f, _tp in config_fields(cls, exclude=exclude):
         dest = "__".join(path)
@@ -216,6 +224,23 @@ def config_from_args(cls: type[T], args: argparse.Namespace, *, base: dict | Non
             _set_path(values, path, given[dest])
     values.update(overrides)
     return config_from_dict(cls, values)
+
+
+def _fill_nested_defaults(cls: type, values: dict) -> None:
+    """Nested configs absent from `values` start from the field's own default (its default_factory may
+    differ from the nested class's defaults), so that one nested flag does not reset its siblings."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(hints[f.name])[0]
+        if not _is_config(tp):
+            continue
+        if f.name not in values:
+            default = _default(f)
+            if default is _MISSING or default is None:
+                continue
+            values[f.name] = config_to_dict(default)
+        if isinstance(values[f.name], dict):
+            _fill_nested_defaults(tp, values[f.name])
 
 
 def config_from_dict(cls: type[T], d: dict, *, source: str = "config") -> T:
