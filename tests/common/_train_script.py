@@ -1,5 +1,5 @@
 """A tiny training run through lumenkit.common.train_loop, launched by tests/common/test_train_loop.py
-(one process, or N under torchrun). argv: OUT_FOLDER STEPS BATCH PRECISION ACCUM [KILL_AT_STEP]."""
+(one process, or N under torchrun). argv: OUT_FOLDER STEPS BATCH PRECISION ACCUM [KILL_AT_STEP [DEVICE]]."""
 import sys
 
 import torch
@@ -21,6 +21,7 @@ class Net(torch.nn.Module):
 def main() -> None:
     out, steps, batch, precision, accum = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
     kill_at = int(sys.argv[6]) if len(sys.argv) > 6 else -1
+    device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net, ema = Net(), Net()
@@ -35,9 +36,10 @@ def main() -> None:
         g = torch_gen(0, step)
         x = torch.randn(batch, 3, 8, 8, generator=g)[rows]
         y = x.flatten(1) @ w_true / 14.0  # unit-variance targets
-        return torch.nn.functional.mse_loss(model(x).float(), y)
+        return torch.nn.functional.mse_loss(model(x.to(device)).float(), y.to(device))
 
-    train("tiny", out, cfg, net, loss_fn, ema_model=ema, device="cpu", progress=False)
+    net, ema = net.to(device), ema.to(device)
+    train("tiny", out, cfg, net, loss_fn, ema_model=ema, device=device, progress=False)
     import lumenkit.common.fileio as fio
     import torch.distributed as dist
     if not dist.is_initialized() or dist.get_rank() == 0:

@@ -132,3 +132,18 @@ def test_atomic_dir_keeps_the_old_folder_on_failure(tmp_path):
         (tmp / "weights").write_text("new")
     assert (target / "weights").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporaries left
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_mixed_precision_tracks_fp32(reference, tmp_path):
+    """The same run on the GPU: fp32 weights within 1e-4 of the CPU's; bf16 and fp16 (GradScaler)
+    losses within 2% of fp32's per step."""
+    losses = {}
+    for precision in ("no", "bf16", "fp16"):
+        run(tmp_path / precision, STEPS, BATCH, precision, 1, -1, "cuda")
+        losses[precision] = [r["loss"] for r in read_log(tmp_path / precision / LOSS_LOG)]
+    assert max_rel_diff(load_file(reference / "final.safetensors"), load_file(tmp_path / "no" / "final.safetensors")) <= 1e-4
+    for precision in ("bf16", "fp16"):
+        rel = [abs(a - b) / a for a, b in zip(losses["no"], losses[precision])]
+        assert max(rel) < 0.02, precision
