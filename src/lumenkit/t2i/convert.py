@@ -55,6 +55,24 @@ def _rename_head(key: str, table: dict[str, str]) -> str:
     return key
 
 
+def _first_rule(key: str, rules: tuple, what: str) -> str:
+    """The first (pattern, fn(match) -> original key) rule whose pattern matches `key` from its start."""
+    for pattern, fn in rules:
+        m = re.match(pattern, key)
+        if m:
+            return fn(m)
+    raise LumenkitError(f"{what} key {key!r} has no SD 1.x equivalent (unsupported {what} configuration)")
+
+
+_UNET_FIXED = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+
+
 def unet_key_to_original(key: str, config: dict) -> str:
     """diffusers UNet2DConditionModel key -> SD 1.x `model.diffusion_model.` key (without the prefix).
 
@@ -64,39 +82,26 @@ def unet_key_to_original(key: str, config: dict) -> str:
     the last layer after the resnet (and transformer, if any); L = layers_per_block.
     """
     lpb = int(config["layers_per_block"])
-    fixed = {
-        "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2",
-        "conv_in": "input_blocks.0.0",
-        "conv_norm_out": "out.0",
-        "conv_out": "out.2",
-    }
-    m = re.match(r"(time_embedding\.linear_[12]|conv_in|conv_norm_out|conv_out)\.(.*)", key)
-    if m:
-        return f"{fixed[m.group(1)]}.{m.group(2)}"
-    m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key)
-    if m:
-        b, kind, l, rest = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
-        i = 1 + b * (lpb + 1) + l
-        return f"input_blocks.{i}.0.{_rename_head(rest, _UNET_RESNET)}" if kind == "resnets" else f"input_blocks.{i}.1.{rest}"
-    m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key)
-    if m:
-        return f"input_blocks.{1 + int(m.group(1)) * (lpb + 1) + lpb}.0.op.{m.group(2)}"
-    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key)
-    if m:
-        kind, j, rest = m.group(1), int(m.group(2)), m.group(3)
-        return f"middle_block.{2 * j}.{_rename_head(rest, _UNET_RESNET)}" if kind == "resnets" else f"middle_block.1.{rest}"
-    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key)
-    if m:
-        b, kind, l, rest = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
-        i = b * (lpb + 1) + l
-        return f"output_blocks.{i}.0.{_rename_head(rest, _UNET_RESNET)}" if kind == "resnets" else f"output_blocks.{i}.1.{rest}"
-    m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key)
-    if m:
-        b = int(m.group(1))
-        has_attn = "CrossAttn" in config["up_block_types"][b]
-        return f"output_blocks.{b * (lpb + 1) + lpb}.{2 if has_attn else 1}.conv.{m.group(2)}"
-    raise LumenkitError(f"UNet key {key!r} has no SD 1.x equivalent (unsupported UNet configuration)")
+
+    def layer(kind: str, i: int, rest: str) -> str:  # resnet at .0 (renamed), spatial transformer at .1
+        return f"{i}.0.{_rename_head(rest, _UNET_RESNET)}" if kind == "resnets" else f"{i}.1.{rest}"
+
+    def upsampler(b: int) -> int:  # after the resnet (and the transformer of a cross-attention block)
+        return 2 if "CrossAttn" in config["up_block_types"][b] else 1
+
+    rules = (
+        (r"(time_embedding\.linear_[12]|conv_in|conv_norm_out|conv_out)\.(.*)", lambda m: f"{_UNET_FIXED[m[1]]}.{m[2]}"),
+        (r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)",
+         lambda m: "input_blocks." + layer(m[2], 1 + int(m[1]) * (lpb + 1) + int(m[3]), m[4])),
+        (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", lambda m: f"input_blocks.{1 + int(m[1]) * (lpb + 1) + lpb}.0.op.{m[2]}"),
+        (r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)",
+         lambda m: f"middle_block.{2 * int(m[2])}.{_rename_head(m[3], _UNET_RESNET)}" if m[1] == "resnets" else f"middle_block.1.{m[3]}"),
+        (r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)",
+         lambda m: "output_blocks." + layer(m[2], int(m[1]) * (lpb + 1) + int(m[3]), m[4])),
+        (r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)",
+         lambda m: f"output_blocks.{int(m[1]) * (lpb + 1) + lpb}.{upsampler(int(m[1]))}.conv.{m[2]}"),
+    )
+    return _first_rule(key, rules, "UNet")
 
 
 def vae_key_to_original(key: str, config: dict) -> str:
@@ -106,30 +111,18 @@ def vae_key_to_original(key: str, config: dict) -> str:
     block_1 / attn_1 / block_2; conv_norm_out is norm_out; attention projections are q/k/v/proj_out.
     """
     n_up = len(config["up_block_types"])
-    m = re.match(r"(encoder|decoder)\.conv_norm_out\.(.*)", key)
-    if m:
-        return f"{m.group(1)}.norm_out.{m.group(2)}"
-    m = re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key)
-    if m:
-        return f"encoder.down.{m.group(1)}.block.{m.group(2)}.{_rename_head(m.group(3), _VAE_RESNET)}"
-    m = re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key)
-    if m:
-        return f"encoder.down.{m.group(1)}.downsample.conv.{m.group(2)}"
-    m = re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key)
-    if m:
-        return f"decoder.up.{n_up - 1 - int(m.group(1))}.block.{m.group(2)}.{_rename_head(m.group(3), _VAE_RESNET)}"
-    m = re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key)
-    if m:
-        return f"decoder.up.{n_up - 1 - int(m.group(1))}.upsample.conv.{m.group(2)}"
-    m = re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key)
-    if m:
-        return f"{m.group(1)}.mid.block_{int(m.group(2)) + 1}.{_rename_head(m.group(3), _VAE_RESNET)}"
-    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key)
-    if m:
-        return f"{m.group(1)}.mid.attn_1.{_rename_head(m.group(2), _VAE_ATTN)}"
-    if re.match(r"(encoder|decoder)\.(conv_in|conv_out)\.|(post_)?quant_conv\.", key):
-        return key
-    raise LumenkitError(f"VAE key {key!r} has no SD 1.x equivalent (unsupported VAE configuration)")
+    rules = (
+        (r"(encoder|decoder)\.conv_norm_out\.(.*)", lambda m: f"{m[1]}.norm_out.{m[2]}"),
+        (r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", lambda m: f"encoder.down.{m[1]}.block.{m[2]}.{_rename_head(m[3], _VAE_RESNET)}"),
+        (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", lambda m: f"encoder.down.{m[1]}.downsample.conv.{m[2]}"),
+        (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)",
+         lambda m: f"decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.{_rename_head(m[3], _VAE_RESNET)}"),
+        (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", lambda m: f"decoder.up.{n_up - 1 - int(m[1])}.upsample.conv.{m[2]}"),
+        (r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.{_rename_head(m[3], _VAE_RESNET)}"),
+        (r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", lambda m: f"{m[1]}.mid.attn_1.{_rename_head(m[2], _VAE_ATTN)}"),
+        (r"(encoder|decoder)\.(conv_in|conv_out)\.|(post_)?quant_conv\.", lambda m: key),
+    )
+    return _first_rule(key, rules, "VAE")
 
 
 def _is_vae_attn_matrix(original_key: str) -> bool:

@@ -26,179 +26,75 @@ from lumenkit.common.errors import LumenkitError
 # (diffusers calls this "scaled_linear").
 SD_SCHEDULE = {"kind": "linear", "num_timesteps": 1000, "linear_start": 0.00085, "linear_end": 0.012}
 
+# what every preset shares: SD 1.x's activations, embeddings and layout; the presets differ in widths and depths
+_TOWER = {"hidden_act": "quick_gelu"}
+_VAE = {"in_channels": 3, "out_channels": 3, "act_fn": "silu", "latent_channels": 4}
+_UNET = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "act_fn": "silu",
+    "norm_eps": 1e-5,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "downsample_padding": 1,
+    "center_input_sample": False,
+}
+
+
+def _vae(n_blocks: int, **kw: Any) -> dict[str, Any]:
+    return {**_VAE, "down_block_types": ["DownEncoderBlock2D"] * n_blocks, "up_block_types": ["UpDecoderBlock2D"] * n_blocks, **kw}
+
+
+def _unet(down: list[str], **kw: Any) -> dict[str, Any]:
+    """UNet config; the up blocks mirror the down blocks (CrossAttnDownBlock2D <-> CrossAttnUpBlock2D)."""
+    up = [t.replace("Down", "Up") for t in reversed(down)]
+    return {**_UNET, "down_block_types": list(down), "up_block_types": up, **kw}
+
+
 _SD15: dict[str, Any] = {
     "image_size": 512,
     "max_length": 77,
     "schedule": dict(SD_SCHEDULE),
-    "text": {
-        "vocab_size": 49408,
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 768,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
-        "pad_token_id": 1,
-    },
-    "vision": {
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "image_size": 224,
-        "patch_size": 14,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 768,
-    },
+    "text": {**_TOWER, "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+             "num_attention_heads": 12, "max_position_embeddings": 77, "projection_dim": 768,
+             "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
+    "vision": {**_TOWER, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+               "image_size": 224, "patch_size": 14, "projection_dim": 768},
     "projection_dim": 768,
-    "vae": {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "layers_per_block": 2,
-        "act_fn": "silu",
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": 0.18215,
-    },
-    "unet": {
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [320, 640, 1280, 1280],
-        "layers_per_block": 2,
-        "act_fn": "silu",
-        "norm_num_groups": 32,
-        "norm_eps": 1e-5,
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,  # diffusers' legacy name: the number of heads in SD 1.x
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "downsample_padding": 1,
-        "center_input_sample": False,
-    },
+    "vae": _vae(4, block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, sample_size=512,
+                scaling_factor=0.18215),
+    "unet": _unet(["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"], sample_size=64,
+                  block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, norm_num_groups=32, cross_attention_dim=768,
+                  attention_head_dim=8),  # diffusers' legacy name: the number of heads in SD 1.x
 }
 
 _SHAPES: dict[str, Any] = {
     "image_size": 64,
     "max_length": 32,
     "schedule": dict(SD_SCHEDULE),
-    "text": {
-        "hidden_size": 128,
-        "intermediate_size": 512,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 32,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 128,
-    },
-    "vision": {
-        "hidden_size": 128,
-        "intermediate_size": 512,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "image_size": 64,
-        "patch_size": 8,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 128,
-    },
+    "text": {**_TOWER, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "max_position_embeddings": 32, "projection_dim": 128},
+    "vision": {**_TOWER, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+               "image_size": 64, "patch_size": 8, "projection_dim": 128},
     "projection_dim": 128,
-    "vae": {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 3,
-        "up_block_types": ["UpDecoderBlock2D"] * 3,
-        "block_out_channels": [32, 64, 64],
-        "layers_per_block": 1,
-        "act_fn": "silu",
-        "latent_channels": 4,
-        "norm_num_groups": 16,
-        "sample_size": 64,
-        "scaling_factor": 1.0,  # t2i-train sets it to 1/std of the trained latents
-    },
-    "unet": {
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [64, 128, 128],
-        "layers_per_block": 1,
-        "act_fn": "silu",
-        "norm_num_groups": 32,
-        "norm_eps": 1e-5,
-        "cross_attention_dim": 128,
-        "attention_head_dim": 4,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "downsample_padding": 1,
-        "center_input_sample": False,
-    },
+    "vae": _vae(3, block_out_channels=[32, 64, 64], layers_per_block=1, norm_num_groups=16, sample_size=64,
+                scaling_factor=1.0),  # t2i-train sets it to 1/std of the trained latents
+    "unet": _unet(["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"], sample_size=16, block_out_channels=[64, 128, 128],
+                  layers_per_block=1, norm_num_groups=32, cross_attention_dim=128, attention_head_dim=4),
 }
 
 _TINY: dict[str, Any] = {
     "image_size": 32,
     "max_length": 16,
     "schedule": dict(SD_SCHEDULE),
-    "text": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 16,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 32,
-    },
-    "vision": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 32,
-    },
+    "text": {**_TOWER, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "max_position_embeddings": 16, "projection_dim": 32},
+    "vision": {**_TOWER, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "image_size": 32, "patch_size": 8, "projection_dim": 32},
     "projection_dim": 32,
-    "vae": {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 2,
-        "up_block_types": ["UpDecoderBlock2D"] * 2,
-        "block_out_channels": [8, 16],
-        "layers_per_block": 1,
-        "act_fn": "silu",
-        "latent_channels": 4,
-        "norm_num_groups": 4,
-        "sample_size": 32,
-        "scaling_factor": 0.18215,
-    },
-    "unet": {
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [16, 32],
-        "layers_per_block": 1,
-        "act_fn": "silu",
-        "norm_num_groups": 8,
-        "norm_eps": 1e-5,
-        "cross_attention_dim": 32,
-        "attention_head_dim": 2,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "downsample_padding": 1,
-        "center_input_sample": False,
-    },
+    "vae": _vae(2, block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4, sample_size=32, scaling_factor=0.18215),
+    "unet": _unet(["CrossAttnDownBlock2D", "DownBlock2D"], sample_size=16, block_out_channels=[16, 32], layers_per_block=1,
+                  norm_num_groups=8, cross_attention_dim=32, attention_head_dim=2),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {"sd15": _SD15, "shapes": _SHAPES, "tiny": _TINY}
