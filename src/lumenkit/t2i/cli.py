@@ -477,8 +477,8 @@ def _demo(outdir: Path, device) -> str:
     acc = float(ok["all"].float().mean())
     log = SHIPPED_MODEL / "training_log.json"
     total = json.loads(log.read_text()).get("total_seconds") if log.is_file() else None
-    note = (f"<p>The small Stable Diffusion (CLIP text tower, AutoencoderKL, UNet2DConditionModel) shipped in "
-            f"<code>src/lumenkit/t2i/pretrained/shapes</code>, trained from scratch on this CPU on the procedural shapes world"
+    note = ("<p>The small Stable Diffusion (CLIP text tower, AutoencoderKL, UNet2DConditionModel) shipped in "
+            "<code>src/lumenkit/t2i/pretrained/shapes</code>, trained from scratch on this CPU on the procedural shapes world"
             + (f" in {total / 60:.0f} minutes" if total else "") +
             ". DDIM 20 steps, CFG scale 5, seed 1. The attribute oracle reads each image; "
             f"all attributes right on {100 * acc:.0f}% of these {len(scenes)} prompts.</p>")
