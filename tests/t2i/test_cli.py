@@ -175,6 +175,7 @@ BAD_INPUTS = [
     (["t2i", "sample", "--prompt", "x", "--ckpt", "{tmp}/junk.safetensors", "--outdir", "{out}"], "junk.safetensors: not a valid safetensors file"),
     (["t2i", "sample", "--prompt", "x", "--ckpt", "{gsir}", "--outdir", "{out}"], "chkpnt3000.pth: not a Stable Diffusion checkpoint (top level is tuple"),
     (["t2i", "sample", "--prompt", "x", "--ckpt", "{tmp}/notes.txt", "--outdir", "{out}"], "notes.txt: unknown checkpoint type '.txt'"),
+    (["t2i", "sample", "--prompt", "x", "--ckpt", "{tmp}/random.ckpt", "--outdir", "{out}"], "random.ckpt: not a PyTorch checkpoint"),
     (["t2i", "sample", "--prompt", "x", "--ckpt", "{bare}", "--outdir", "{out}"], "bare.safetensors: this checkpoint carries no tokenizer"),
     (["t2i", "sample", "--prompt", "x", "--ckpt", "{bare}", "--tokenizer", "{tmp}/notok", "--outdir", "{out}"], "notok: no such tokenizer folder"),
     (["t2i", "sample", "--prompt", "x", "--model", "{model}", "--ckpt", "{root}/model.ckpt", "--outdir", "{out}"], "--model and --ckpt exclude each other"),
@@ -203,6 +204,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(saved, tmp_path, cap
     _, root = saved
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
     (tmp_path / "notes.txt").write_text("not weights")
+    (tmp_path / "random.ckpt").write_bytes(np.random.default_rng(0).bytes(1000))
     fill = {"model": str(root / "model"), "root": str(root), "tmp": str(tmp_path), "out": str(tmp_path / "out")}
     if any("{corrupt}" in a for a in argv):
         fill["corrupt"] = str(_corrupt_unet(root, tmp_path))

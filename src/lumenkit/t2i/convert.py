@@ -259,6 +259,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise LumenkitError(f"{path}: no such checkpoint file")
     if path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
         raise LumenkitError(f"{path}: unknown checkpoint type {path.suffix!r} (want .safetensors or .ckpt)")
+    if path.suffix != ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip archive (or a legacy pickle)
+            raise LumenkitError(f"{path}: not a PyTorch checkpoint (neither the zip archive of torch.save nor a pickle)")
     try:
         raw = load_state_dict(path)
     except LumenkitError as exc:
