@@ -15,7 +15,7 @@ AC = SCHED.alphas_cumprod
 
 
 def model(x, t, cond=None):
-    a = AC.to(x.dtype)[t.long()].reshape(-1, *([1] * (x.dim() - 1)))
+    a = AC.to(device=x.device, dtype=x.dtype)[t.long()].reshape(-1, *([1] * (x.dim() - 1)))
     out = (1 - a).sqrt() * x / (a * 0.25 + 1 - a) + 0.05 * torch.sin(3 * x)
     if cond is not None:
         c = cond["y"] if isinstance(cond, dict) else cond
@@ -62,7 +62,7 @@ def test_quad_spacing_with_eta():
 
 def gaussian_oracle(x, t, cond=None):
     """The exact eps-predictor for data ~ N(0, 0.25 I): eps = sqrt(1 - a) x / (0.25 a + 1 - a)."""
-    a = AC.to(x.dtype)[t.long()].reshape(-1, *([1] * (x.dim() - 1)))
+    a = AC.to(device=x.device, dtype=x.dtype)[t.long()].reshape(-1, *([1] * (x.dim() - 1)))
     return (1 - a).sqrt() * x / (a * 0.25 + 1 - a)
 
 
