@@ -8,4 +8,3 @@ _os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
-SYSTEMS = ("diffusion", "t2i", "video", "longexp", "gsir")

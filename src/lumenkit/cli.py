@@ -1,7 +1,7 @@
 """One entry point: `lumenkit <system> <verb> ...` and `lumenkit demo`.
 
 Each system package may have a `cli.py` with `register(subparsers)` (adds `lumenkit <system>` and its
-verbs; each verb sets `func=callable(args)`) and optionally `demo_section(outdir, device) -> html`.
+verbs; each verb sets `func=callable(args)`); lumenkit.registry finds them.
 User mistakes -- LumenkitError, and the ValueError / FileNotFoundError / OSError / JSON errors that
 config validation and file reading raise -- are printed here as one line with exit code 2; a traceback
 only for real bugs, or for everything with `--debug`.
@@ -9,13 +9,12 @@ only for real bugs, or for everything with `--debug`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import traceback
-from types import ModuleType
 
-from lumenkit import SYSTEMS, __version__
+from lumenkit import __version__, demo
+from lumenkit import registry
 from lumenkit.common.errors import LumenkitError
 
 
@@ -26,29 +25,14 @@ class LumenkitArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def system_cli(name: str) -> ModuleType | None:
-    """lumenkit.<name>.cli, or None while that system does not exist yet."""
-    modname = f"lumenkit.{name}.cli"
-    try:
-        return importlib.import_module(modname)
-    except ModuleNotFoundError as exc:
-        if exc.name in (modname, f"lumenkit.{name}"):
-            return None
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = LumenkitArgumentParser(prog="lumenkit", description="Computational image and video synthesis.")
     parser.add_argument("--version", action="version", version=f"lumenkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="system", metavar="<system>", required=True)
-    from lumenkit import demo
-
     demo.register(sub)
-    for name in SYSTEMS:
-        mod = system_cli(name)
-        if mod is not None:
-            mod.register(sub)
+    for mod in registry.system_clis().values():
+        mod.register(sub)
     return parser
 
 

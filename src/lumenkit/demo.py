@@ -1,7 +1,7 @@
 """`lumenkit demo`: one HTML page showing every system that exists, with images inline and numbers.
 
-Each system contributes through `lumenkit.<system>.cli.demo_section(outdir, device) -> str` (HTML
-starting with an <h2>); a section that fails is reported on the page and makes the command fail.
+Each system contributes the demo section it registers in lumenkit.registry (`fn(outdir, device) -> str`,
+HTML starting with an <h2>); a section that fails is reported on the page and makes the command fail.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 import traceback
 from pathlib import Path
 
-from lumenkit import SYSTEMS
+from lumenkit import registry
+from lumenkit.registry import SYSTEMS
 from lumenkit.common import html
 from lumenkit.common.device import add_device_arg, resolve_device
 from lumenkit.common.errors import LumenkitError
@@ -26,8 +27,6 @@ def register(sub) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from lumenkit.cli import system_cli
-
     out = Path(args.out)
     device = resolve_device(args.device)
     wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -41,13 +40,14 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     sections.append(intro)
     for name in wanted:
-        mod = system_cli(name)
-        if mod is None or not hasattr(mod, "demo_section"):
+        registry.system_cli(name)  # importing a system's CLI registers its section
+        section = registry.DEMO_SECTIONS.get(name)
+        if section is None:
             continue
         print(f"[demo] {name} ...", flush=True)
         t0 = time.perf_counter()
         try:
-            body = mod.demo_section(out / name, device)
+            body = section(out / name, device)
         except Exception:  # a broken section must not hide the others
             failed.append(name)
             tb = traceback.format_exc()

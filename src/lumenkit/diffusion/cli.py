@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lumenkit import registry
 from lumenkit.common.config import add_config_arguments, config_from_args
 from lumenkit.common.device import add_device_arg
 
@@ -103,6 +104,7 @@ def cmd_timesteps(args: argparse.Namespace) -> int:
     return 0
 
 
+@registry.demo_section("diffusion")
 def demo_section(outdir: Path, device) -> str:
     """Scatter plots of DDIM 10/50, DDPM, PLMS, Euler-a on the mixture with the exact oracle + metrics."""
     import torch

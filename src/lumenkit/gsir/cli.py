@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lumenkit import registry
 from lumenkit.common.config import add_config_arguments, config_from_args
 from lumenkit.common.device import add_device_arg, resolve_device
 from lumenkit.common.errors import LumenkitError
@@ -126,6 +127,7 @@ def cmd_eval(args) -> int:
 
 
 # ============================================================================================ demo
+@registry.demo_section("gsir")
 def demo_section(outdir: Path, device) -> str:
     """Small scene (64 px, 16 train / 3 test views), 250 stage-1 iterations; GT vs render vs normals."""
     import numpy as np

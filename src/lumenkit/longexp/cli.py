@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from lumenkit import registry
 from lumenkit.common.config import add_config_arguments, config_from_args, config_to_dict, read_json
 from lumenkit.common.device import add_device_arg, torch_threads
 from lumenkit.common.fileio import atomic_write_json
@@ -120,6 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@registry.demo_section("longexp")
 def demo_section(outdir: Path, device) -> str:
     """A synthetic light-trail burst and a moving-object burst: naive average, ours, truth, numbers."""
     from lumenkit.common import html

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lumenkit import registry
 from lumenkit.common.config import add_config_arguments, check, check_range, config_from_args, config_to_dict, param, read_json
 from lumenkit.common.device import add_device_arg, fit_threads_to_load, resolve_device, torch_threads
 from lumenkit.common.errors import LumenkitError
@@ -443,6 +444,7 @@ DEMO_PROMPTS = (
 )
 
 
+@registry.demo_section("t2i")
 def demo_section(outdir: Path, device) -> str:
     """A grid of prompts from the shipped model (DDIM 20 steps, CFG 5), with the oracle's verdicts."""
     outdir = Path(outdir)
