@@ -26,9 +26,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
-# gsir_cuda.py needs a GPU and gsplat: `make bench-cuda` on such a machine.
+# In dependency order: t2i.py reads t2i_speed.py's results, gsir_parts.py re-evaluates gsir.py's models.
+# gsir_cuda.py needs a GPU and gsplat: `make bench-cuda` on such a machine (benchmarks/cuda_checks.sh).
+BENCH_SCRIPTS := diffusion t2i_speed t2i train_engine longexp gsir_raster gsir_normal_floor gsir gsir_ablation gsir_parts
+
 bench: $(STAMP)
-	set -e; for f in $(filter-out benchmarks/gsir_cuda.py,$(wildcard benchmarks/*.py)); do echo "== $$f"; $(PY) $$f; done
+	set -e; for f in $(BENCH_SCRIPTS); do echo "== benchmarks/$$f.py"; $(PY) benchmarks/$$f.py; done
 
 bench-cuda: $(STAMP)
 	$(PY) benchmarks/gsir_cuda.py --write

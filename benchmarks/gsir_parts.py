@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="use every k-th test view")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if not any((Path(args.runs) / f"result_{t}.json").is_file() for t in METHODS):
+        raise SystemExit(f"gsir_parts: no trained models in {args.runs}: run benchmarks/gsir.py first "
+                         "(make bench runs it before this script)")
     scene = read_scene(args.data)
     meta = json.loads((Path(args.data) / "scene.json").read_text())
     parts = make_object(meta["object"], meta["seed"])
