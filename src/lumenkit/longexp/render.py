@@ -206,7 +206,15 @@ def instantaneous_flow(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> t
 
     a, b: [2, ...] the outgoing (D+) and incoming (D-) motion at a frame, both pointing forward in time
     along the path. H is parallel to a + b with magnitude the harmonic mean of |a| and |b|; theta is
-    the angle between a and b. Returns [2, ...]."""
+    the angle between a and b. Returns [2, ...].
+
+    Reversals (theta -> pi): taken literally, theta / sin theta diverges as fast as the fall-off goes to
+    0, so the magnitude tends to 8 |H| (and is 0 only at theta = pi exactly), while the direction of
+    a + b (a nearly cancelling sum) is undefined: a ~1e-3 px change of a or b (float32 rounding, cv2's
+    1/32-px lookups) turned the tangent by up to 180 degrees at ~8x the step length. Beyond pi/2 the
+    arc factor theta / sin theta is therefore taken times sin theta (= theta): unchanged at pi/2
+    (value and slope), and the tangent fades to 0 at a full reversal as the fall-off intends, so
+    delta is continuous (Lipschitz) in a and b."""
     na, nb = vnorm(a), vnorm(b)
     s = a + b
     ns = vnorm(s)
@@ -215,8 +223,8 @@ def instantaneous_flow(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> t
     theta = torch.arccos(cos)
     sin = torch.sin(theta)
     ratio = torch.where(theta < 1e-4, torch.ones_like(theta), theta / sin.clamp(min=eps))
-    fall = torch.where(theta <= math.pi / 2, torch.ones_like(theta), 1 - (2 * theta / math.pi - 1) ** 4)
-    mag = hm * ratio * fall
+    # theta > pi/2: (theta / sin theta) * sin theta * fall-off, see above
+    mag = hm * torch.where(theta <= math.pi / 2, ratio, theta * (1 - (2 * theta / math.pi - 1) ** 4))
     ok = (ns > eps) & (na > eps) & (nb > eps)
     return torch.where(ok[None], s / ns.clamp(min=eps)[None] * mag[None], torch.zeros_like(s))
 
