@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -33,7 +32,7 @@ import torch
 from lumenkit.common.config import read_json
 from lumenkit.common.device import resolve_device
 from lumenkit.common.errors import LumenkitError
-from lumenkit.common.fileio import atomic_write_json
+from lumenkit.common.fileio import atomic_dir, atomic_write_json
 from lumenkit.diffusion import SAMPLERS, NoiseSchedule, sample
 from lumenkit.t2i import convert
 from lumenkit.t2i.models import build_text_encoder, build_unet, build_vae, preset_config, text_config
@@ -280,9 +279,7 @@ class Text2Image:
         that this pipeline does not write, e.g. clip/ or a training log, are kept).
         `extra` = {subfolder: module with save_pretrained} adds folders of our own (e.g. clip/)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
             self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
@@ -294,16 +291,6 @@ class Text2Image:
                 for entry in path.iterdir():
                     if not (tmp / entry.name).exists():
                         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def save_single_file(self, path: str | os.PathLike, config: dict | None = None) -> Path:

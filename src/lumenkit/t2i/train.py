@@ -508,39 +508,6 @@ def export_model(work: Path, model_dir: Path) -> Path:
     return model_dir
 
 
-def write_scheduler_and_index(model_dir: Path, sch: dict) -> None:
-    """diffusers' scheduler/scheduler_config.json (DDIM, SD 1.x betas) and model_index.json."""
-    atomic_write_json(
-        model_dir / "scheduler" / "scheduler_config.json",
-        {
-            "_class_name": "DDIMScheduler",
-            "num_train_timesteps": sch["num_timesteps"],
-            "beta_start": sch["linear_start"],
-            "beta_end": sch["linear_end"],
-            "beta_schedule": "scaled_linear",
-            "clip_sample": False,
-            "set_alpha_to_one": False,
-            "steps_offset": 1,
-            "prediction_type": "epsilon",
-        },
-    )
-    if not (model_dir / "model_index.json").is_file():
-        atomic_write_json(
-            model_dir / "model_index.json",
-            {
-                "_class_name": "StableDiffusionPipeline",
-                "scheduler": ["diffusers", "DDIMScheduler"],
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "safety_checker": [None, None],
-                "feature_extractor": [None, None],
-                "requires_safety_checker": False,
-            },
-        )
-
-
 def run_all(
     work: str | Path,
     model_dir: str | Path | None = None,
@@ -568,7 +535,9 @@ def run_all(
     load_text_encoder(work, "cpu")
 
     def write() -> None:
-        write_scheduler_and_index(work, shapes_model_config("shapes")["schedule"])
+        from lumenkit.t2i.pipeline import scheduler_config_from_preset, write_scheduler_and_index
+
+        write_scheduler_and_index(work, scheduler_config_from_preset(shapes_model_config("shapes")["schedule"]))
         export_model(work, model_dir)
 
     export_on_main(write)
