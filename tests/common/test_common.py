@@ -187,3 +187,25 @@ def test_cli_user_error_is_one_line_exit_2():
     assert r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
     r = subprocess.run([sys.executable, "-m", "lumenkit", "--no-such-flag"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_read_hdr_refuses_nan_inf_negative_and_non_latlong_maps(tmp_path):
+    """Each bad pixel counted once (however many of its channels are bad), by kind; a lat-long map must be 2:1."""
+    env = np.full((4, 8, 3), 0.5, np.float32)
+    ok = images.write_hdr(tmp_path / "ok.exr", env)
+    np.testing.assert_array_equal(images.read_hdr(ok, latlong=True), env)
+    bad = env.copy()
+    bad[0, 0] = np.nan  # one pixel, three channels
+    bad[1, 2, 0], bad[1, 3, 2] = np.inf, -np.inf
+    bad[3, 7, 1] = -0.25
+    p = images.write_hdr(tmp_path / "bad.exr", bad)
+    with pytest.raises(LumenkitError, match=r"^\S*bad\.exr: 4 of 32 pixels are not finite radiance >= 0 \(1 NaN, 2 Inf, 2 negative\)$"):
+        images.read_hdr(p)
+    neg = env.copy()
+    neg[2, 5] = -1
+    with pytest.raises(LumenkitError, match=r"neg\.exr: 1 of 32 pixels .* \(1 negative\)"):
+        images.read_hdr(images.write_hdr(tmp_path / "neg.exr", neg))
+    square = images.write_hdr(tmp_path / "square.hdr", np.ones((8, 8, 3), np.float32))
+    assert images.read_hdr(square).shape == (8, 8, 3)  # any shape as an HDR image
+    with pytest.raises(LumenkitError, match=r"square\.hdr: 8x8 px is not a lat-long environment map \(width must be 2x the height\)"):
+        images.read_hdr(square, latlong=True)

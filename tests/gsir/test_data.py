@@ -201,3 +201,55 @@ def test_layout_with_both_nerf_and_tensoir_files(tmp_path, capsys):
     assert "nerf layout's test views carry no GT normal maps" in capsys.readouterr().err
     with pytest.raises(LumenkitError, match="--layout tensoir"):
         D.read_scene(tmp_path / "renders", layout="tensoir")
+
+
+def test_envmap_from_a_file_renders_as_the_procedural_map(tmp_path):
+    """`--envmap FILE`: the procedural sky written with write_hdr (.exr, float32: the same radiance) and passed
+    by path renders the same training and test images as `--envmap sky`; so does the sky at twice the size
+    with each pixel repeated 2x2, which INTER_AREA averages back to the same map exactly. A .hdr relight map is
+    written to envmaps/<stem>.hdr as read and names the relit views; scene.json names every map by its name."""
+    from lumenkit.common.images import read_hdr, read_image, write_hdr
+
+    kw = dict(resolution=16, n_train=1, n_test=1, spp=4, env_resolution=16, relight_envmaps=())
+    S.synthesize_scene(tmp_path / "ref", S.SynthConfig(**kw), progress=False)
+    sky = S.make_envmap("sky", 16, 0)
+    same = write_hdr(tmp_path / "maps" / "sky.exr", sky)
+    big = write_hdr(tmp_path / "maps" / "big.exr", np.repeat(np.repeat(sky, 2, 0), 2, 1))
+    rgb = np.array([2.0, 1.0, 0.5], np.float32)  # exact in RGBE; a constant map resamples to the same constant
+    other = write_hdr(tmp_path / "maps" / "mine.hdr", np.broadcast_to(rgb, (8, 16, 3)))
+    for envmap in (same, big):
+        out = tmp_path / envmap.stem
+        S.synthesize_scene(out, S.SynthConfig(**{**kw, "envmap": str(envmap), "relight_envmaps": (str(other),)}), progress=False)
+        for f in ("train/r_000.png", "test/r_000.png", "test/r_000_normal.png"):
+            assert (out / f).read_bytes() == (tmp_path / "ref" / f).read_bytes(), (envmap.name, f)
+        np.testing.assert_array_equal(read_hdr(out / "envmaps" / f"{envmap.stem}.hdr"), read_hdr(tmp_path / "ref" / "envmaps" / "sky.hdr"))
+        np.testing.assert_array_equal(read_hdr(out / "envmaps" / "mine.hdr"), np.broadcast_to(rgb, (16, 32, 3)))  # 8 px -> env_resolution
+        meta = json.loads((out / "scene.json").read_text())
+        assert (meta["envmap"], meta["relight_envmaps"]) == (envmap.stem, ["mine"])
+        assert meta["envmap_files"] == {envmap.stem: str(envmap.resolve()), "mine": str(other.resolve())}
+        v = D.read_scene(out).test[0]
+        assert set(v.relit_paths) == {"mine"} and read_image(out / "test" / "r_000_rgba_mine.png").shape == (16, 16, 4)
+
+
+def test_envmap_file_errors(tmp_path):
+    from lumenkit.common.config import ConfigError
+    from lumenkit.common.images import write_hdr
+
+    with pytest.raises(ConfigError, match=r"^--envmap '.*nope\.hdr': no such file$"):
+        S.SynthConfig(envmap=str(tmp_path / "nope.hdr"))
+    (tmp_path / "map.png").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"^--envmap '.*map\.png': unknown environment map; expected one of sky, .* or a lat-long .hdr/.exr file"):
+        S.SynthConfig(envmap=str(tmp_path / "map.png"))
+    with pytest.raises(ConfigError, match=r"^--relight '.*gone\.exr': no such file"):
+        S.SynthConfig(relight_envmaps=("studio", str(tmp_path / "gone.exr")))
+    a = write_hdr(tmp_path / "a" / "sunset.hdr", S.make_envmap("sky", 8))
+    with pytest.raises(ConfigError, match=r"^--relight 'sunset': named 'sunset' like '.*sunset\.hdr'"):
+        S.SynthConfig(envmap=str(a), relight_envmaps=("sunset",))
+    assert S.SynthConfig(envmap=str(a), relight_envmaps=(str(a), "studio")).envmap == str(a)  # the same file twice is one map
+    # a map with NaN is refused before anything is written
+    env = S.make_envmap("sky", 8)
+    env[2, 3, 1] = np.nan
+    cfg = S.SynthConfig(resolution=8, n_train=1, n_test=1, spp=1, envmap=str(write_hdr(tmp_path / "nan.exr", env)), relight_envmaps=())
+    with pytest.raises(LumenkitError, match=r"nan\.exr: 1 of 128 pixels are not finite radiance >= 0 \(1 NaN\)"):
+        S.synthesize_scene(tmp_path / "out", cfg, progress=False)
+    assert not (tmp_path / "out").exists()

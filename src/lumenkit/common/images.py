@@ -86,14 +86,28 @@ def read_image_bit_depth(path: str | os.PathLike) -> int:
     return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(img.dtype, 32)
 
 
-def read_hdr(path: str | os.PathLike) -> np.ndarray:
-    """Radiance .hdr (or .exr) -> float32 [H, W, 3] linear RGB radiance."""
+def read_hdr(path: str | os.PathLike, *, latlong: bool = False) -> np.ndarray:
+    """Radiance .hdr (or .exr) -> float32 [H, W, 3] linear RGB radiance.
+
+    Radiance is finite and >= 0: a map with NaN, Inf or negative pixels is refused (LumenkitError naming
+    the file and how many pixels). latlong=True (environment maps): the map must be equirectangular, W = 2H.
+    """
     path = Path(path)
     if path.suffix.lower() not in HDR_SUFFIXES:
         raise LumenkitError(f"{path}: expected a .hdr or .exr environment map")
     img = read_image(path, keep_alpha=False)
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] != 3:
+        raise LumenkitError(f"{path}: {img.shape[2]} channels, expected RGB")
+    finite = np.isfinite(img)
+    nan, inf, neg = np.isnan(img).any(2), (~finite & ~np.isnan(img)).any(2), (img < 0).any(2)
+    bad = nan | inf | neg
+    if bad.any():
+        kinds = ", ".join(f"{int(m.sum())} {k}" for k, m in (("NaN", nan), ("Inf", inf), ("negative", neg)) if m.any())
+        raise LumenkitError(f"{path}: {int(bad.sum())} of {bad.size} pixels are not finite radiance >= 0 ({kinds})")
+    if latlong and img.shape[1] != 2 * img.shape[0]:
+        raise LumenkitError(f"{path}: {img.shape[1]}x{img.shape[0]} px is not a lat-long environment map (width must be 2x the height)")
     return img
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 from lumenkit.common.config import ConfigError, check, check_choice, check_range, param
@@ -62,6 +63,28 @@ def _check_resolution(resolution: int) -> None:
     check(resolution == -1 or resolution >= 1, "resolution", resolution, "use -1 (native), 1, 2, 4, 8 or a target width in pixels")
 
 
+ENVMAP_SUFFIXES = (".hdr", ".exr")
+
+
+def envmap_name(envmap: str) -> str:
+    """The name an environment map goes by in the scene (envmaps/<name>.hdr, relit paths, scene.json):
+    a procedural map's own name, a file's stem."""
+    return envmap if envmap in ENVMAPS else Path(envmap).stem
+
+
+def _check_envmap(flag: str, envmap: str) -> None:
+    """A procedural name or an existing .hdr/.exr file (its pixels are checked when synth reads it)."""
+    if envmap in ENVMAPS:
+        return
+    check(Path(envmap).suffix.lower() in ENVMAP_SUFFIXES, flag, envmap,
+          f"unknown environment map; expected one of {', '.join(ENVMAPS)} or a lat-long .hdr/.exr file")
+    check(Path(envmap).is_file(), flag, envmap, "no such file")
+
+
+def _same_envmap(a: str, b: str) -> bool:
+    return a == b or (a not in ENVMAPS and b not in ENVMAPS and Path(a).resolve() == Path(b).resolve())
+
+
 def _check_iterations(name: str, values) -> None:
     check(all(int(v) >= 1 for v in values), name, ",".join(map(str, values)), "iterations must be >= 1")
 
@@ -77,9 +100,10 @@ class SynthConfig:
     n_test: int = param(200, "test views (with GT albedo / normal / depth / mask and relit images)")
     spp: int = param(64, "path-tracing samples per pixel")
     seed: int = param(0, "seed of the object's textures, the envmaps and the camera poses")
-    envmap: EnvmapName = param("sky", "training environment map")
-    relight_envmaps: tuple[str, ...] = param(("sunset", "studio", "overcast"), "environment maps of the relit test views ('' for none)",
-                                             flag="relight")
+    envmap: str = param("sky", "training environment map: sky, sunset, studio, dusk, overcast, or a lat-long (2:1) .hdr/.exr file "
+                        "(linear RGB, resampled to --env_resolution)")
+    relight_envmaps: tuple[str, ...] = param(("sunset", "studio", "overcast"), "environment maps of the relit test views, names or "
+                                             ".hdr/.exr files as --envmap ('' for none)", flag="relight")
     env_resolution: int = param(128, "environment map height in px (width 2x)")
     radius: float = param(4.0, "camera distance from the origin")
     camera_angle_x: float = param(0.6911112070083618, "horizontal field of view in radians (NeRF-synthetic's)")
@@ -92,9 +116,13 @@ class SynthConfig:
         check_range("n_test", self.n_test, 1)
         check_range("spp", self.spp, 1)
         check_range("seed", self.seed, 0)
-        check_choice("envmap", self.envmap, ENVMAPS)
-        bad = [e for e in self.relight_envmaps if e not in ENVMAPS]
-        check(not bad, "relight", ",".join(self.relight_envmaps), f"unknown environment map(s) {', '.join(bad)}; expected {', '.join(ENVMAPS)}")
+        _check_envmap("envmap", self.envmap)
+        for e in self.relight_envmaps:
+            _check_envmap("relight", e)
+        named: dict[str, str] = {}
+        for flag, e in (("envmap", self.envmap), *(("relight", e) for e in self.relight_envmaps)):
+            other = named.setdefault(envmap_name(e), e)
+            check(_same_envmap(e, other), flag, e, f"named {envmap_name(e)!r} like {other!r} (maps are written as envmaps/<name>.hdr); rename one file")
         check_range("env_resolution", self.env_resolution, 4)
         check_range("radius", self.radius, 0, lo_open=True)
         check(0 < self.camera_angle_x < 3.14159, "camera_angle_x", self.camera_angle_x, "must be in (0, pi) radians")

@@ -1,7 +1,7 @@
 """Ground-truth scenes rendered with Mitsuba 3 (`lumenkit gsir synth`); the only module that imports mitsuba.
 
 Procedural objects of primitives with textured albedo / roughness / metallic (`make_object`) under
-procedural HDR environment maps (`make_envmap`), path traced (`render_rgba`), with exact ground-truth
+procedural HDR environment maps (`make_envmap`) or a user's lat-long .hdr/.exr maps (`load_envmap`), path traced (`render_rgba`), with exact ground-truth
 maps from an AOV pass at the pixel centres (`gt_maps`). Conventions (cameras, envmap directions,
 depth scale) are data.py's, which reads what this writes. mitsuba is the optional extra
 ``lumenkit[synth]``.
@@ -17,8 +17,8 @@ Layout written by `synthesize_scene`, NeRF-synthetic style::
     DIR/test/r_000_mask.png         object mask
     DIR/test/r_000_roughness.png    linear roughness in [0, 1]; _metallic.png likewise
     DIR/test/r_000_rgba_<env>.png   the same view relit under environment map <env>
-    DIR/envmaps/<env>.hdr           every environment map used
-    DIR/scene.json                  generator settings (object, envmaps, seed, spp, bound)
+    DIR/envmaps/<env>.hdr           every environment map used (a file's map named by its stem)
+    DIR/scene.json                  generator settings (object, envmaps by name, envmap_files, seed, spp, bound)
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ import numpy as np
 from lumenkit.common.errors import LumenkitError
 from lumenkit.common.fileio import atomic_write_json
 from lumenkit.gsir.camera import look_at_blender
-from lumenkit.gsir.config import ENVMAPS, OBJECTS, SynthConfig
+from lumenkit.gsir.config import ENVMAPS, OBJECTS, SynthConfig, envmap_name
 from lumenkit.gsir.data import DEPTH_SCALE, ENV_TO_WORLD, GT_KEYS, envmap_directions
 
-__all__ = ["AOV_SPEC", "ENVMAPS", "OBJECTS", "Part", "SynthConfig", "build_scene", "gt_maps", "make_envmap", "make_object", "orbit_poses",
+__all__ = ["AOV_SPEC", "ENVMAPS", "OBJECTS", "Part", "SynthConfig", "build_scene", "gt_maps", "load_envmap", "make_envmap", "make_object", "orbit_poses",
            "render_aov", "render_rgba", "scene_poses", "synthesize_scene"]
 
 BLENDER_TO_MITSUBA = np.diag([-1.0, 1.0, -1.0, 1.0])  # c2w_gl @ this = Mitsuba sensor to_world
@@ -117,6 +117,21 @@ def make_envmap(name: str, height: int = 64, seed: int = 0) -> np.ndarray:
     else:  # overcast
         env = grad([1.0, 1.0, 1.0], [0.7, 0.72, 0.75], [0.3, 0.3, 0.3], power=1.0)
     return env.astype(np.float32)
+
+
+def load_envmap(envmap: str, height: int, seed: int = 0) -> np.ndarray:
+    """[height, 2 height, 3] linear radiance: the procedural map of that name (make_envmap), or a lat-long
+    .hdr/.exr file (read_hdr: finite, >= 0, 2:1) resampled with cv2.INTER_AREA when its height differs."""
+    if envmap in ENVMAPS:
+        return make_envmap(envmap, height, seed)
+    from lumenkit.common.images import read_hdr
+
+    env = read_hdr(envmap, latlong=True)
+    if env.shape[0] != height:
+        import cv2
+
+        env = cv2.resize(env, (2 * height, height), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(env, dtype=np.float32)
 
 
 # ====================================================================================== objects
@@ -336,19 +351,21 @@ def synthesize_scene(out: str | Path, cfg: SynthConfig = SynthConfig(), progress
     from lumenkit.common.images import write_hdr, write_image
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     W = H = int(cfg.resolution)
     fov = cfg.camera_angle_x
     parts = make_object(cfg.object, cfg.seed)
-    envs = {name: make_envmap(name, cfg.env_resolution, cfg.seed) for name in (cfg.envmap, *cfg.relight_envmaps)}
+    # every map read (and a user's file checked) before the first write
+    envs = {envmap_name(e): load_envmap(e, cfg.env_resolution, cfg.seed) for e in (cfg.envmap, *cfg.relight_envmaps)}
+    main_env, relit = envmap_name(cfg.envmap), list(dict.fromkeys(map(envmap_name, cfg.relight_envmaps)))
+    out.mkdir(parents=True, exist_ok=True)
     for name, env in envs.items():
         write_hdr(out / "envmaps" / f"{name}.hdr", env)
     train_poses, test_poses = scene_poses(cfg)
-    main_scene = build_scene(parts, envs[cfg.envmap], max_depth=cfg.max_depth)
-    relit_scenes = {n: build_scene(parts, envs[n], max_depth=cfg.max_depth) for n in cfg.relight_envmaps}
+    main_scene = build_scene(parts, envs[main_env], max_depth=cfg.max_depth)
+    relit_scenes = {n: build_scene(parts, envs[n], max_depth=cfg.max_depth) for n in relit}
     aov_scene = build_scene(parts, None, aovs=AOV_SPEC)
     mat_scene = build_scene(parts, None, aovs="alb:albedo,dd:depth", material_pass=True)
-    total = cfg.n_train + cfg.n_test * (1 + len(cfg.relight_envmaps))
+    total = cfg.n_train + cfg.n_test * (1 + len(relit))
     bar = tqdm(total=total, desc=f"synth {cfg.object} {W}px {cfg.spp}spp", unit="img", disable=not progress)
     frames_train = []
     for i, c2w in enumerate(train_poses):
@@ -363,19 +380,21 @@ def synthesize_scene(out: str | Path, cfg: SynthConfig = SynthConfig(), progress
         img = render_rgba(main_scene, c2w, fov, W, H, cfg.spp, seed=cfg.seed * 100003 + 50000 + i)
         write_image(out / f"{rel}.png", rgba_to_png_values(img))
         bar.update(1)
-        extra: dict[str, Any] = {"envmap": cfg.envmap}
+        extra: dict[str, Any] = {"envmap": main_env}
         for name, sc in relit_scenes.items():
             img = render_rgba(sc, c2w, fov, W, H, cfg.spp, seed=cfg.seed * 100003 + 70000 + i)
             write_image(out / f"{rel}_rgba_{name}.png", rgba_to_png_values(img))
             bar.update(1)
         _write_gt(out, rel, gt_maps(aov_scene, mat_scene, c2w, fov, W, H))
         extra.update({f"{k}_path": f"{rel}_{k}" for k in GT_KEYS})
-        extra["relit_paths"] = {name: f"{rel}_rgba_{name}" for name in cfg.relight_envmaps}
+        extra["relit_paths"] = {name: f"{rel}_rgba_{name}" for name in relit}
         frames_test.append(_frame(rel, c2w, extra))
     bar.close()
     atomic_write_json(out / "transforms_train.json", {"camera_angle_x": fov, "frames": frames_train})
     atomic_write_json(out / "transforms_test.json", {"camera_angle_x": fov, "frames": frames_test})
     meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}
+    meta.update({"envmap": main_env, "relight_envmaps": relit,
+                 "envmap_files": {envmap_name(e): str(Path(e).resolve()) for e in (cfg.envmap, *cfg.relight_envmaps) if e not in ENVMAPS}})
     meta.update({"generator": "lumenkit gsir synth (Mitsuba 3 scalar_rgb path tracer)", "bound": 1.5, "env_to_world": ENV_TO_WORLD.tolist(), "depth_scale": DEPTH_SCALE})
     atomic_write_json(out / "scene.json", meta)
     return out
