@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CUDA check of lumenkit in one command, for the lent GPU machine (its python3 has torch with CUDA,
-# accelerate, transformers, opencv; diffusers and gsplat travel as wheels in .whl/, see gsir_cuda.py):
+# accelerate, transformers, opencv; diffusers, kornia (+ kornia_rs) and gsplat travel as wheels in .whl/, see gsir_cuda.py):
 #   run(command="bash benchmarks/cuda_checks.sh [--no-gsir]", carry=[".whl"])
 # Logs and the updated BENCHMARKS.md (section gsir-cuda) land in $OUT.
 set -u
