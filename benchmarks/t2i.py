@@ -50,7 +50,13 @@ def training_table(model_dir: Path) -> str:
     total = log.get("total_seconds", 0)
     note = log.get("note", "")  # how the run was done, written by the training run itself
     return (markdown_table(["stage", "steps", "batch", "minutes", "images / s", "final loss (EMA)", "notes"], rows)
-            + f"\n\nSum of stage times: {total / 60:.1f} min on this 2-core CPU (bf16 autocast). {note}".rstrip())
+            + f"\n\nSum of stage times: {total / 60:.1f} min on a 2-core CPU (bf16 autocast). {note}".rstrip()
+            + "\n\nThe recipe is configs/t2i_shapes.json (these stages' configs, in steps; tests/t2i/test_train.py checks it "
+              "against this training_log.json): `lumenkit t2i train --config configs/t2i_shapes.json --out WORK` trains these "
+              "stages with these settings through the training engine, on 1 process or N (README, 'Training on more than one "
+              "machine'). The shipped model itself was trained by the loop that preceded the engine (same data stream, losses "
+              "and schedule; the CLIP logits are now computed in fp32 outside the model's autocast), with resumes counted in the "
+              "times above.")
 
 
 def latency_table(model_dir: Path, quick: bool) -> str:
