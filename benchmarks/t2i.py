@@ -55,8 +55,9 @@ def training_table(model_dir: Path) -> str:
               "against this training_log.json): `lumenkit t2i train --config configs/t2i_shapes.json --out WORK` trains these "
               "stages with these settings through the training engine, on 1 process or N (README, 'Training on more than one "
               "machine'). The shipped model itself was trained by the loop that preceded the engine (same data stream, losses "
-              "and schedule; the CLIP logits are now computed in fp32 outside the model's autocast), with resumes counted in the "
-              "times above.")
+              "and schedule; the CLIP logits are now computed in fp32 outside the model's autocast) and was resumed several times, "
+              "some settings changing on the way (the UNet's offset noise and step target, the oracle's decay): the recipe "
+              "holds the final settings, so a rebuild is a model of the same recipe, not a byte copy.")
 
 
 def latency_table(model_dir: Path, quick: bool) -> str:
