@@ -209,3 +209,13 @@ def test_read_hdr_refuses_nan_inf_negative_and_non_latlong_maps(tmp_path):
     assert images.read_hdr(square).shape == (8, 8, 3)  # any shape as an HDR image
     with pytest.raises(LumenkitError, match=r"square\.hdr: 8x8 px is not a lat-long environment map \(width must be 2x the height\)"):
         images.read_hdr(square, latlong=True)
+
+
+def test_a_broken_png_is_one_error_and_no_opencv_log_lines(tmp_path, capfd):
+    """A file with PNG's signature and broken chunks: OpenCV's decoder logs WARN/ERROR lines on stderr by
+    itself, which made the CLI's one-line error three lines; read_image raises its own error only."""
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    with pytest.raises(LumenkitError, match="broken.png: not a readable image"):
+        images.read_image(bad)
+    assert capfd.readouterr().err == ""

@@ -55,6 +55,16 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
     return img
 
 
+def _quiet_imdecode(data: np.ndarray) -> np.ndarray | None:
+    """cv2.imdecode without OpenCV's own log lines on stderr for a broken file (the caller raises one error)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def read_image(path: str | os.PathLike, *, keep_alpha: bool = True) -> np.ndarray:
     """Read any supported image as float32 [H, W, C] RGB(A).
 
@@ -65,7 +75,7 @@ def read_image(path: str | os.PathLike, *, keep_alpha: bool = True) -> np.ndarra
     if not path.is_file():
         raise LumenkitError(f"{path}: no such image file")
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    img = _quiet_imdecode(data) if data.size else None
     if img is None:
         raise LumenkitError(f"{path}: not a readable image (supported: {', '.join(IMAGE_SUFFIXES)})")
     img = _to_rgb(img)

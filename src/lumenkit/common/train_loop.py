@@ -72,6 +72,11 @@ class TrainConfig:
         check_range("grad_clip", self.grad_clip, 0)
         check_range("ema_decay", self.ema_decay, 0, 1)
         check(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision, f"expected one of {', '.join(PRECISIONS)}")
+        # both also checked where the run starts (the device and the process count), but here before any file is read or written
+        check(self.mixed_precision != "fp16" or torch.cuda.is_available(), "mixed_precision", self.mixed_precision,
+              "needs a CUDA GPU and this machine has none (use bf16 or no)")
+        check(self.batch_size % self.gradient_accumulation_steps == 0, "batch_size", self.batch_size,
+              f"must be divisible by --gradient_accumulation_steps {self.gradient_accumulation_steps} (x the number of processes)")
         check_range("max_minutes", self.max_minutes, 0)
 
 
@@ -248,12 +253,12 @@ def train(
     it, not the original). ema_model: a copy of the model that receives the EMA (cfg.ema_decay > 0).
     Returns what the whole run did (over resumes). On several processes every one must call train().
     """
-    run = _Run(name, Path(folder), cfg, model, make_accelerator(device), ema_model)
+    acc = make_accelerator(device)
     try:
-        with autocast_forward(model, cfg.mixed_precision, run.acc.device):
-            return run.loop(loss_fn, progress)
+        with autocast_forward(model, cfg.mixed_precision, acc.device):  # fp16 off CUDA fails here, before _Run writes config.json
+            return _Run(name, Path(folder), cfg, model, acc, ema_model).loop(loss_fn, progress)
     finally:
-        run.acc.free_memory()  # drop accelerate's references to this run's model
+        acc.free_memory()  # drop accelerate's references to this run's model
 
 
 class _Run:
