@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,8 @@ def main() -> None:
         f"{args.batch_size}, {args.steps} steps, steps/s after the first {args.log_every} (warm-up). One process with 2 torch "
         "threads against 2 torchrun processes (gloo) with 1 thread each, fp32 against bf16 autocast. Informational: on this "
         "2-core machine both layouts use the same two cores; the processes add gradient all-reduces. The same global batch "
-        "gives the same weights on 1 or 2 processes (tests/common/test_train_loop.py, tests/t2i/test_train.py).\n\n" + table)
+        "gives the same weights on 1 or 2 processes (tests/common/test_train_loop.py, tests/t2i/test_train.py).\n\n" + table
+        + f"\n\n_Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end (other jobs inflate every row alike)._")
     print(body)
     if not args.no_write:
         write_section("train-engine", body, title="train-engine: one training loop, 1 vs 2 processes, fp32 vs bf16")
