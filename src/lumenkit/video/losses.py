@@ -95,7 +95,7 @@ def gir_loss(model: VideoDenoiser, z0: torch.Tensor, ref: torch.Tensor, t: torch
         eps = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(z0.device)
     if eps_ref is None:
         eps_ref = torch.randn(ref.shape, generator=generator, dtype=ref.dtype).to(ref.device)
-    a = alphas_cumprod.to(device=z0.device, dtype=torch.float32)
+    a = alphas_cumprod.to(z0.device)
     t = t.to(z0.device)
     t_ref = reminder_timesteps(t, alpha, a.numel())
     z_t = add_noise(z0, eps, a[t])
@@ -108,9 +108,10 @@ def gir_loss(model: VideoDenoiser, z0: torch.Tensor, ref: torch.Tensor, t: torch
     pred = model(x, t, context)
     if pred.shape != x.shape:
         raise LumenkitError(f"gir_loss: the model returned {tuple(pred.shape)} for input {tuple(x.shape)}")
-    pred = pred.float()
-    video = (pred[:, :n_video] - eps.float()).pow(2).mean()
-    per_ref = (pred[:, n_video] - eps_ref.float()).pow(2).mean(dim=(1, 2, 3))  # [B]
+    dt = torch.promote_types(pred.dtype, torch.float32)  # fp16/bf16 predictions: the loss in float32
+    pred = pred.to(dt)
+    video = (pred[:, :n_video] - eps.to(dt)).pow(2).mean()
+    per_ref = (pred[:, n_video] - eps_ref.to(dt)).pow(2).mean(dim=(1, 2, 3))  # [B]
     k = keep.to(per_ref.dtype)
     reg = (per_ref * k).sum() / k.sum().clamp(min=1.0)
     return GirLoss(loss=video + beta * reg, video=video, reg=reg, t_ref=t_ref, pred=pred)

@@ -11,6 +11,12 @@ Layouts. lumenkit's video latents are frame-first ``[B, N, C, h, w]`` (N frames,
 with the reference latent as the LAST frame); diffusers' ``UNetMotionModel`` takes ``[B, C, N, h, w]``
 and, since diffusers 0.31, text states per frame ``[B*N, K, E]`` (``video_eps`` does both).
 
+The reference frame goes through the WHOLE video UNet as frame F+1, temporal attention included (the
+motion modules see F + 1 frames, the reference at temporal position F). That is what the official
+inference code does (latents concatenated along the frame axis, one UNet call), it needs no change to
+diffusers' motion modules, and the motion modules are trained with it (recommended by the paper).
+The cost: F + 1 <= motion_max_seq_length (32 in every preset; video_eps checks it).
+
 Motion presets (``MOTION_PRESETS``): the adapter's structure (block widths, layers per block, group-norm
 groups) must equal its base UNet's, so a preset only holds the motion-specific sizes and
 ``motion_adapter_config(unet_config, preset)`` fills the rest in from the base:
@@ -357,7 +363,8 @@ def save_video_unet(unet, path: str | os.PathLike) -> Path:
 
 
 def load_video_unet(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """UNetMotionModel from a local save_video_unet / save_pretrained folder."""
+    """UNetMotionModel from a local save_video_unet / save_pretrained folder. Attention processors are not
+    saved: install PISA again (lumenkit.video.attention.install_pisa)."""
     from diffusers import UNetMotionModel
 
     path = _check_folder(path, "UNetMotionModel", "--unet")
