@@ -194,3 +194,16 @@ def test_shapes_preset_fits_the_shapes_model_config():
         adapter = M.build_motion_adapter(unet2d.config, "shapes", zero_init=False)
     M.check_adapter_matches(unet2d.config, adapter.config)
     assert list(adapter.config.block_out_channels) == list(cfg["block_out_channels"])
+
+
+def test_sparse_adapter_config_uses_motion_adapter_defaults():
+    """A config.json that leaves keys out (published adapters rely on MotionAdapter's defaults, which are
+    AnimateDiff's SD 1.5 layout) is checked with those defaults filled in."""
+    from lumenkit.t2i.models import preset_config
+
+    sd15_unet = preset_config("sd15")["unet"]
+    sparse = {"_class_name": "MotionAdapter", "use_motion_mid_block": False}
+    M.check_adapter_matches(sd15_unet, sparse)
+    M.check_adapter_matches(sd15_unet, M.motion_adapter_config(sd15_unet, "sd15"))
+    with pytest.raises(LumenkitError, match="4 blocks"):
+        M.check_adapter_matches(_base().config, sparse)

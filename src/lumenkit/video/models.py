@@ -145,12 +145,23 @@ def _per_block(value: Any, n: int) -> list:
     return [value] * n if isinstance(value, int) else list(value)
 
 
+def _adapter_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A MotionAdapter config.json dict with the keys it leaves out filled by MotionAdapter's defaults."""
+    import inspect
+
+    from diffusers import MotionAdapter
+
+    sig = inspect.signature(MotionAdapter.__init__)
+    defaults = {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **cfg}
+
+
 def check_adapter_matches(unet_config: Any, adapter_config: Any, source: str = "motion adapter") -> None:
     """Raise a one-line LumenkitError naming `source` unless the MotionAdapter fits the base UNet: same
     number of blocks, block widths, layers per block, group-norm groups, a one-layer motion mid block, and
     no PIA input convolution. (diffusers checks only the first and third, with a bare ValueError; the
     others fail later inside load_state_dict or silently change the result.)"""
-    u, a = _config_dict(unet_config), _config_dict(adapter_config)
+    u, a = _config_dict(unet_config), _adapter_defaults(_config_dict(adapter_config))
     ub, ab = list(u["block_out_channels"]), list(a["block_out_channels"])
     if len(ub) != len(ab):
         raise LumenkitError(f"{source}: {len(ab)} blocks, but the base UNet has {len(ub)} (block_out_channels {ab} vs {ub})")
@@ -159,10 +170,10 @@ def check_adapter_matches(unet_config: Any, adapter_config: Any, source: str = "
     ul, al = _per_block(u["layers_per_block"], len(ub)), _per_block(a["motion_layers_per_block"], len(ab))
     if ul != al:
         raise LumenkitError(f"{source}: motion_layers_per_block {al} does not match the base UNet's layers_per_block {ul}")
-    if int(a.get("motion_norm_num_groups", 32)) != int(u["norm_num_groups"]):
-        raise LumenkitError(f"{source}: motion_norm_num_groups {a.get('motion_norm_num_groups', 32)} does not match the base "
+    if int(a["motion_norm_num_groups"]) != int(u["norm_num_groups"]):
+        raise LumenkitError(f"{source}: motion_norm_num_groups {a['motion_norm_num_groups']} does not match the base "
                             f"UNet's norm_num_groups {u['norm_num_groups']}")
-    if a.get("use_motion_mid_block", True) and int(a.get("motion_mid_block_layers_per_block", 1)) != 1:
+    if a["use_motion_mid_block"] and int(a["motion_mid_block_layers_per_block"]) != 1:
         raise LumenkitError(f"{source}: motion_mid_block_layers_per_block {a['motion_mid_block_layers_per_block']} "
                             "(the base UNet's mid block takes 1)")
     if a.get("conv_in_channels"):
