@@ -278,4 +278,46 @@ class VideoMakerPipeline:
         return self.decode(z[0]).cpu()
 
 
-__all__ = ["VideoMakerPipeline", "SHIPPED_WEIGHTS", "shipped_weights", "reference_array", "fit_reference", "SAMPLERS"]
+
+
+# ------------------------------------------------------------------------------------------ trained folders
+TRAIN_CONFIG_FORMAT = "lumenkit-videomaker-train-v1"  # OUT/config.json of `lumenkit video train` (video.train.model_config)
+
+
+def load_trained(folder: str | os.PathLike, *, base: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, pisa: bool = True) -> VideoMakerPipeline:
+    """The pipeline of a `lumenkit video train --out OUT` folder: OUT/config.json names the base SD folder,
+    the motion adapter (or the fresh preset + seed it started from) and the weights file (OUT/videomaker.safetensors).
+    `base` overrides the stored base path (e.g. a folder moved to another machine)."""
+    from lumenkit.common.config import read_json
+
+    folder = Path(folder)
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise LumenkitError(f"--model {folder}: no config.json (expected the --out folder of `lumenkit video train`)")
+    cfg = read_json(cfg_file, what="VideoMaker config")
+    if not isinstance(cfg, dict) or cfg.get("format") != TRAIN_CONFIG_FORMAT:
+        raise LumenkitError(f"--model {folder}: config.json is not a VideoMaker training config (format {TRAIN_CONFIG_FORMAT})")
+    weights = folder / cfg.get("weights", "videomaker.safetensors")
+    if not weights.is_file():
+        raise LumenkitError(f"--model {folder}: no {weights.name} in it (training not finished?)")
+    base = base if base is not None else (cfg.get("base") or None)
+    if base is not None and not Path(base).is_dir():
+        raise LumenkitError(f"--model {folder}: its base SD folder {base} does not exist here (pass --base DIR)")
+    return VideoMakerPipeline.from_pretrained(base, cfg.get("motion_adapter") or None, weights, preset=cfg.get("motion_preset", "shapes"),
+                                              device=device, dtype=dtype, seed=cfg.get("seed", 0), pisa=pisa)
+
+
+def load_shipped(device: str | torch.device = "cpu", *, pisa: bool = True) -> VideoMakerPipeline:
+    """The shipped VideoMaker when SHIPPED_DIR holds a trained folder (config.json + videomaker.safetensors, on
+    the shipped t2i model), else the untrained one: the shipped t2i model + a fresh `shapes` motion adapter,
+    PISA on untrained attention (placeholder quality). `pipe.weights` is None for the untrained one."""
+    from lumenkit.t2i.pipeline import SHIPPED_MODEL
+
+    if shipped_weights() is not None and (SHIPPED_DIR / "config.json").is_file():
+        return load_trained(SHIPPED_DIR, base=SHIPPED_MODEL, device=device, pisa=pisa)
+    return VideoMakerPipeline.from_pretrained(None, None, None, preset="shapes", device=device, pisa=pisa)
+
+
+__all__ = ["VideoMakerPipeline", "SHIPPED_DIR", "SHIPPED_WEIGHTS", "shipped_weights", "load_trained", "load_shipped",
+           "reference_array", "fit_reference", "SAMPLERS"]
