@@ -197,3 +197,19 @@ def test_data_verb_and_train_help(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "d" / "metadata.jsonl").is_file() and (tmp_path / "d" / "00000" / "reference.png").is_file()
     rc, out, _ = _main(["train", "--help"], capsys)
     assert rc == 0 and "--beta" in out and "--out" in out and "lumenkit video train" in out
+
+
+def test_demo_section_html(tiny, tmp_path, monkeypatch):
+    """The demo section on the tiny model (the shipped one takes ~20 s): reference, prompt, animated GIFs inline,
+    and the page says the weights are untrained."""
+    from lumenkit.video import cli
+    from lumenkit.video import pipeline as P
+
+    monkeypatch.setattr(P, "load_shipped", lambda device, pisa=True: P.VideoMakerPipeline.from_pretrained(tiny["base"], tiny["adapter"]))
+    monkeypatch.setattr(cli, "DEMO_STEPS", 1)
+    monkeypatch.setattr(cli, "DEMO_FRAMES", 2)
+    page = cli.demo_section(tmp_path / "demo", "cpu")
+    assert page.startswith("<h2>video")
+    assert "untrained" in page and "prompt:" in page
+    assert page.count("data:image/gif;base64,") >= 3 and page.count("data:image/png;base64,") >= 1
+    assert (tmp_path / "demo" / "video_0.gif").is_file() and (tmp_path / "demo" / "video_0_strip.png").is_file()

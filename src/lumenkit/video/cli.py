@@ -234,7 +234,6 @@ def _demo(outdir: Path, device) -> str:
     rows = [next(i for i in range(len(batch)) if MOTIONS[int(batch.motion_ids[i])] == m) for m in DEMO_MOTIONS
             if any(MOTIONS[int(k)] == m for k in batch.motion_ids)] or [0]
     figs, trained = [], pipe.weights is not None
-    stock = None
     for j, i in enumerate(rows):
         ref = ((batch.references[i] + 1) / 2).clamp(0, 1)  # [3, H, W] in [0, 1]
         prompt = batch.captions[i]
@@ -265,9 +264,10 @@ def _demo(outdir: Path, device) -> str:
         status = f"<p>Trained VideoMaker weights: <code>{html.escape(str(pipe.weights))}</code>.</p>"
     else:
         status = ("<p class='note'><b>The VideoMaker weights are untrained</b> until the training issue lands: the clips "
-                  "come from the shipped t2i UNet with fresh (zero-initialised) motion modules and PISA on its untrained "
-                  "spatial attention, so they are placeholder quality: they show the plumbing (reference appended as the "
-                  "last frame, CFG with a zeroed reference), not the method's result.</p>")
+                  "come from the shipped t2i UNet with fresh (zero-initialised) motion modules and PISA on spatial "
+                  "attention that was never trained to use a reference, so they are placeholder quality: they show the "
+                  "plumbing (reference appended as the last frame, CFG with a zeroed reference), not the method's "
+                  "result.</p>")
     note = (f"<p>VideoMaker (Wu et al. 2024) on the shipped shapes-world Stable Diffusion + AnimateDiff motion modules: "
             f"the reference image is VAE-encoded and appended as the last frame with no noise; personalized-injection "
             f"self-attention lets every frame attend to it. DDIM {DEMO_STEPS} steps, CFG {DEMO_SCALE:g} (unconditional "
