@@ -111,6 +111,16 @@ def test_row_blocks_average_to_the_global_batch_loss(base):
         assert float(loss(model, uneven, slice(0, 4))) == float(terms.loss) == pytest.approx(float(terms.video + 0.1 * terms.reg))
 
 
+def test_text_contexts_do_not_depend_on_the_cache(base, monkeypatch):
+    cfg = _cfg(base)
+    loss = T.VideoMakerLoss(T.load_frozen(cfg), cfg)
+    caps = ["a red circle moves left", "a blue square spins", "a red circle moves left"]
+    first = loss.contexts(caps)
+    monkeypatch.setattr(T, "CONTEXT_CACHE", 1)  # every new caption clears the cache
+    again = loss.contexts(list(reversed(caps)) + ["the green triangle"])
+    assert torch.equal(first, again[:3].flip(0)) and len(loss._contexts) <= 2
+
+
 # ------------------------------------------------------------------------------------------ training
 def test_training_lowers_the_heldout_loss(trained):
     run = trained["run"]
