@@ -90,10 +90,10 @@ class VideoTrainConfig(TrainConfig):
     warmup_steps: int = 100
     ema_decay: float = 0.999
     ckpt_every: int = 100
-    # measured on this 2-core AMD EPYC (AVX2, no bf16 instructions), shapes presets, batch 8, 8 frames, 64 px:
-    # fp32 12 s/step, bf16 autocast 51 s/step; on a GPU pass --mixed_precision bf16
+    # measured on this 2-core AMD EPYC (AVX2, no bf16 instructions), shapes presets, batch 8, 8 frames, 64 px,
+    # 1 thread: fp32 2.4-2.9 s/step, bf16 autocast 25 s/step (module docstring); on a GPU pass --mixed_precision bf16
     mixed_precision: Literal["no", "bf16", "fp16"] = param("no", "autocast the UNet's forward (fp32 master weights); "
-                                                            "no is 4x faster than bf16 on CPUs without bf16 instructions; bf16 on GPUs")
+                                                            "no: ~9x faster than bf16 on CPUs without bf16 instructions; bf16 on GPUs")
 
     def __post_init__(self) -> None:
         super().__post_init__()
