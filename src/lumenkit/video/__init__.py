@@ -6,8 +6,11 @@ models.py: the video UNet (diffusers UNetMotionModel from a t2i UNet + a MotionA
 AnimateDiff adapter folder), its checks, and the VideoMaker weights as safetensors.
 attention.py: the personalized-injection self-attention processor (PISA) on the spatial attn1 layers.
 losses.py: the guidance-information-recognition (GIR) loss, condition dropout, the trainable subset.
-Not built yet: train.py (on lumenkit.common.train_loop), pipeline.py (sampling), evaluate.py, cli.py.
+train.py: GIR training on lumenkit.common.train_loop (VideoTrainConfig, run_train).
+pipeline.py: VideoMakerPipeline (reference latent appended last, CFG with a zeroed reference + negative prompt).
+cli.py: `lumenkit video sample | data | train` and the demo section.
+Not built yet: evaluate.py (identity extractor, motion classifier, the paper's table) and the baselines.
 """
 from __future__ import annotations
 
-__all__ = ["attention", "data", "losses", "models"]
+__all__ = ["attention", "cli", "data", "losses", "models", "pipeline", "train"]

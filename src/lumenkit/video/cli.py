@@ -8,23 +8,23 @@
     lumenkit video train --out DIR [--steps N ...]               # every VideoTrainConfig field is a flag (--help)
 
 The flags of sample and data come from the dataclasses SampleConfig (below) and video.data.DataConfig, those
-of train from video.train.VideoTrainConfig, imported only when `train` runs. Every config checks its values
+of train from video.train.VideoTrainConfig. Every config checks its values
 in __post_init__, and the model (base, adapter, weights) is loaded, before anything is written.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from lumenkit import registry
 from lumenkit.common.config import add_config_arguments, check, check_range, config_from_args, param
-from lumenkit.common.device import add_device_arg, fit_threads_to_load, resolve_device, torch_threads
+from lumenkit.common.device import add_device_arg, add_threads_arg, fit_threads_to_load, resolve_device, torch_threads
 from lumenkit.common.errors import LumenkitError
 from lumenkit.diffusion import SAMPLERS
 from lumenkit.video.data import DataConfig
 from lumenkit.video.models import MOTION_PRESETS
+from lumenkit.video.train import VideoTrainConfig
 
 CLIP_SUFFIXES = (".mp4", ".gif")
 
@@ -108,11 +108,14 @@ def register(subparsers) -> None:
     add_config_arguments(d, DataConfig)
     d.set_defaults(func=data_main)
 
-    # train's flags come from video.train.VideoTrainConfig, imported only when the verb runs: the
-    # arguments are collected raw here ('+' prefix: argparse leaves every '--flag' alone) and parsed in train_main
-    t = verbs.add_parser("train", help="train VideoMaker (GIR loss, resumable); `lumenkit video train --help` lists the flags",
-                         add_help=False, prefix_chars="+")
-    t.add_argument("train_args", nargs="*")
+    t = verbs.add_parser("train", help="train VideoMaker (GIR loss) on the synthetic world; resumable",
+                         description="Re-run the same command to resume. Runs on 1 CPU process or, under `accelerate launch` / "
+                                     "`torchrun`, on N processes or GPUs (README, 'Training on more than one machine').")
+    t.add_argument("--out", required=True, help="work folder: OUT/videomaker.safetensors, OUT/config.json, OUT/train/ (checkpoints)")
+    t.add_argument("--config", default=None, help="a JSON of VideoTrainConfig fields (flags given win over it)")
+    add_threads_arg(t)
+    add_device_arg(t)
+    add_config_arguments(t, VideoTrainConfig)
     t.set_defaults(func=train_main)
 
 
@@ -164,37 +167,15 @@ def data_main(args) -> int:
     return 0
 
 
-def _train_parser(T) -> argparse.ArgumentParser:
-    from lumenkit.cli import LumenkitArgumentParser
-
-    p = LumenkitArgumentParser(prog="lumenkit video train", description="Train VideoMaker (GIR loss) on the synthetic world; "
-                               "re-run the same command to resume. Runs on 1 CPU process or, under `accelerate launch` / "
-                               "`torchrun`, on N processes or GPUs.")
-    p.add_argument("--out", required=True, help="work folder: OUT/videomaker.safetensors, OUT/config.json, OUT/train/ (checkpoints)")
-    p.add_argument("--config", default=None, help="a JSON of VideoTrainConfig fields (flags given win over it)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    add_device_arg(p)
-    add_config_arguments(p, T.VideoTrainConfig)
-    return p
-
-
 def train_main(args) -> int:
-    try:
-        from lumenkit.video import train as T
-    except ModuleNotFoundError as exc:
-        if exc.name != "lumenkit.video.train":
-            raise
-        raise LumenkitError("video train: lumenkit.video.train is not built yet") from None
-    if not hasattr(T, "VideoTrainConfig") or not hasattr(T, "run_train"):
-        raise LumenkitError("video train: lumenkit.video.train has no VideoTrainConfig / run_train yet")
     from lumenkit.common.config import load_config_file
+    from lumenkit.video.train import run_train
 
-    ns = _train_parser(T).parse_args(args.train_args)
-    base = load_config_file(T.VideoTrainConfig, ns.config) if ns.config else None
-    cfg = config_from_args(T.VideoTrainConfig, ns, base=base)
-    device = resolve_device(ns.device)
-    with torch_threads(ns.threads):
-        summary = T.run_train(ns.out, cfg, device=device, progress=True)
+    base = load_config_file(VideoTrainConfig, args.config) if args.config else None
+    cfg = config_from_args(VideoTrainConfig, args, base=base)
+    device = resolve_device(args.device)
+    with torch_threads(args.threads):
+        summary = run_train(Path(args.out), cfg, device=device, progress=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
     return 0
 
