@@ -21,7 +21,7 @@ from lumenkit.common.fileio import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
-SECTION_ORDER = ("diffusion", "t2i", "video", "longexp", "gsir", "gsir-ablation", "gsir-parts", "gsir-normal-floor", "gsir-raster", "gsir-cuda")
+SECTION_ORDER = ("diffusion", "t2i", "train-engine", "video", "longexp", "gsir", "gsir-ablation", "gsir-parts", "gsir-normal-floor", "gsir-raster", "gsir-cuda")
 HEADER = "# lumenkit benchmarks\n\nEvery number below is written by a script in `benchmarks/` (never typed by hand).\nRe-run with `make bench` or the command shown under each section.\n"
 
 
