@@ -18,14 +18,6 @@ from lumenkit.longexp.render import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def stripes(h, w, period, shift=0.0):
     """[3, h, w] vertical sine stripes I(x) = 0.5 + 0.4 sin(2 pi (x - shift) / period)."""
     x = torch.arange(w, dtype=torch.float32) - shift

@@ -14,14 +14,6 @@ from lumenkit.longexp.data import SynthConfig, _texture, read_burst, read_synth,
 from lumenkit.longexp.evaluate import evaluate_burst, trail_gap
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_alignment_recovers_known_homography():
     rng = np.random.default_rng(0)
     img = np.clip(_texture(rng, 240, 320, 40), 0, 1)

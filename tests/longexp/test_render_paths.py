@@ -17,14 +17,6 @@ from lumenkit.longexp.render import RenderConfig, bilinear, pixel_grid, render_b
 H, W = 48, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def max_step(imgs) -> float:
     """G: the largest absolute difference between horizontal or vertical neighbours."""
     return max(max(float(f.diff(dim=-1).abs().max()), float(f.diff(dim=-2).abs().max())) for f in imgs)
