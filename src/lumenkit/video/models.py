@@ -263,6 +263,18 @@ def load_motion_adapter(path: str | os.PathLike, unet_config: Any | None = None,
         raise LumenkitError(f"--motion_adapter {path}: cannot load it ({first})") from None
 
 
+def seeded_motion_adapter(unet_config: Any, preset: str | Mapping[str, Any] = "shapes", seed: int | None = 0,
+                          dtype: torch.dtype = torch.float32):
+    """A fresh zero-initialised MotionAdapter of motion preset `preset` for this base UNet, its random weights
+    drawn under torch.manual_seed(seed) (the global RNG restored after; seed None: the current RNG)."""
+    ctx = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
+    with ctx:
+        if seed is not None:
+            torch.manual_seed(seed)
+        with _quiet_diffusers():
+            return build_motion_adapter(unet_config, preset).to(dtype)
+
+
 def video_unet_from_pretrained(base: str | os.PathLike | None = None, motion_adapter: str | os.PathLike | None = None,
                                preset: str | Mapping[str, Any] = "shapes", *, device: str | torch.device = "cpu",
                                dtype: torch.dtype = torch.float32, seed: int | None = 0):
@@ -275,12 +287,7 @@ def video_unet_from_pretrained(base: str | os.PathLike | None = None, motion_ada
         adapter = load_motion_adapter(motion_adapter, unet2d.config, dtype)
         source = f"--motion_adapter {motion_adapter}"
     else:
-        ctx = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
-        with ctx:
-            if seed is not None:
-                torch.manual_seed(seed)
-            with _quiet_diffusers():
-                adapter = build_motion_adapter(unet2d.config, preset).to(dtype)
+        adapter = seeded_motion_adapter(unet2d.config, preset, seed, dtype)
         source = f"motion preset {preset!r}"
     return build_video_unet(unet2d, adapter, source).to(device)
 

@@ -27,7 +27,6 @@ Timesteps use diffusers' "leading" spacing (the SD / AnimateDiff DDIMScheduler c
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,17 +107,6 @@ def fit_reference(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _fresh_adapter(unet_config: Any, preset: str | Mapping[str, Any], seed: int | None, dtype: torch.dtype):
-    """A zero-initialised MotionAdapter of motion preset `preset` for this base, its random weights drawn
-    under torch.manual_seed(seed) (the global RNG restored after), as models.video_unet_from_pretrained."""
-    ctx = torch.random.fork_rng() if seed is not None else contextlib.nullcontext()
-    with ctx:
-        if seed is not None:
-            torch.manual_seed(seed)
-        with M._quiet_diffusers():
-            return M.build_motion_adapter(unet_config, preset).to(dtype)
-
-
 # ------------------------------------------------------------------------------------------ the pipeline
 @dataclass
 class VideoMakerPipeline:
@@ -157,7 +145,7 @@ class VideoMakerPipeline:
             adapter = M.load_motion_adapter(motion_adapter, unet2d.config, dtype)
             source = f"--motion_adapter {motion_adapter}"
         else:
-            adapter = _fresh_adapter(unet2d.config, preset, seed, dtype)
+            adapter = M.seeded_motion_adapter(unet2d.config, preset, seed, dtype)
             source = f"motion preset {preset!r}"
         unet = M.build_video_unet(unet2d, adapter, source)
         t2i.unet = None  # its weights were copied into the video UNet; keep one copy in memory
