@@ -42,3 +42,21 @@ def write_test_tokenizer(folder: str | Path, words=WORDS) -> Path:
     )
     tok.save_pretrained(str(folder))
     return folder
+
+
+def tiny_pipeline(root: str | Path):
+    """The tiny random SD of these tests (preset 'tiny', seed 0, the test tokenizer written under root/tok)."""
+    from lumenkit.t2i.pipeline import Text2Image
+
+    return Text2Image.from_preset("tiny", write_test_tokenizer(Path(root) / "tok"), "cpu", seed=0)
+
+
+def assert_modules_equal(a, b) -> None:
+    """Two Text2Image pipelines hold bit-identical UNet, VAE and text-encoder weights."""
+    import torch
+
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert set(sa) == set(sb), name
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), f"{name}.{k}"

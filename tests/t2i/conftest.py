@@ -19,11 +19,10 @@ def _one_thread_when_oversubscribed():
 @pytest.fixture(scope="session")
 def saved(tmp_path_factory):
     """A tiny random SD saved as a diffusers folder, an original .safetensors and an original .ckpt."""
-    from lumenkit.t2i.pipeline import Text2Image
-    from tests.t2i import write_test_tokenizer
+    from tests.t2i import tiny_pipeline
 
     root = tmp_path_factory.mktemp("t2i")
-    pipe = Text2Image.from_preset("tiny", write_test_tokenizer(root / "tok"), "cpu", seed=0)
+    pipe = tiny_pipeline(root)
     pipe.save_pretrained(root / "model")
     pipe.save_single_file(root / "model.safetensors")
     pipe.save_single_file(root / "model.ckpt")

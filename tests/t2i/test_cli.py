@@ -15,6 +15,7 @@ from lumenkit.cli import main
 from lumenkit.common.config import ConfigError
 from lumenkit.t2i import cli as C
 from lumenkit.t2i.pipeline import Text2Image
+from tests.t2i import assert_modules_equal
 
 PROMPT = "a red circle on the left"
 
@@ -24,14 +25,6 @@ def _run(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0, argv
-
-
-def _modules_equal(a: Text2Image, b: Text2Image) -> None:
-    for name in ("unet", "vae", "text_encoder"):
-        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
-        assert set(sa) == set(sb), name
-        for k in sa:
-            assert torch.equal(sa[k], sb[k]), f"{name}.{k}"
 
 
 def test_sample_writes_pngs_with_metadata(saved, tmp_path):
@@ -79,9 +72,9 @@ def test_img2img(saved, tmp_path):
 def test_convert_both_directions(saved, tmp_path):
     pipe, root = saved
     _run(["t2i", "convert", "--checkpoint_path", str(root / "model.ckpt"), "--dump_path", str(tmp_path / "f")])
-    _modules_equal(pipe, Text2Image.from_pretrained(tmp_path / "f", "cpu"))
+    assert_modules_equal(pipe, Text2Image.from_pretrained(tmp_path / "f", "cpu"))
     _run(["t2i", "convert", "--checkpoint_path", str(tmp_path / "f"), "--dump_path", str(tmp_path / "g.safetensors")])
-    _modules_equal(pipe, Text2Image.from_single_file(tmp_path / "g.safetensors", "cpu"))
+    assert_modules_equal(pipe, Text2Image.from_single_file(tmp_path / "g.safetensors", "cpu"))
 
 
 def test_data_writes_the_requested_images(tmp_path):

@@ -10,6 +10,7 @@ import torch
 
 from lumenkit.common.errors import LumenkitError
 from lumenkit.t2i.pipeline import Text2Image
+from tests.t2i import assert_modules_equal
 
 PROMPTS = ["a red circle on the left", "a blue square"]
 
@@ -40,19 +41,11 @@ def _run(pipe, **kw):
     return pipe(PROMPTS, **args)
 
 
-def _modules_equal(a: Text2Image, b: Text2Image) -> None:
-    for name in ("unet", "vae", "text_encoder"):
-        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
-        assert set(sa) == set(sb), name
-        for k in sa:
-            assert torch.equal(sa[k], sb[k]), f"{name}.{k}"
-
-
 @pytest.mark.parametrize("source", ["model", "model.safetensors", "model.ckpt"])
 def test_every_format_loads_the_same_model(saved, source):
     pipe, root = saved
     loaded = Text2Image.from_pretrained(root / source, "cpu") if source == "model" else Text2Image.from_single_file(root / source, "cpu")
-    _modules_equal(pipe, loaded)
+    assert_modules_equal(pipe, loaded)
     ids = lambda p: p.tokenizer(PROMPTS, padding="max_length", max_length=p.max_length).input_ids  # noqa: E731
     assert ids(loaded) == ids(pipe)
     np.testing.assert_array_equal(_run(loaded), _reference(pipe))
@@ -112,7 +105,7 @@ def test_diffusers_single_file_loader_reads_our_checkpoint(saved):
     pipe, root = saved
     ref = StableDiffusionPipeline.from_single_file(str(root / "model.safetensors"), config=str(root / "model"),
                                                    local_files_only=True, safety_checker=None)
-    _modules_equal(pipe, Text2Image(ref.tokenizer, ref.text_encoder, ref.vae, ref.unet, pipe.schedule))
+    assert_modules_equal(pipe, Text2Image(ref.tokenizer, ref.text_encoder, ref.vae, ref.unet, pipe.schedule))
 
 
 def test_transformers4_text_encoder_keys_load(saved, tmp_path):
@@ -126,7 +119,7 @@ def test_transformers4_text_encoder_keys_load(saved, tmp_path):
     f = tmp_path / "m" / "text_encoder" / "model.safetensors"
     sd = load_file(str(f))
     save_file({"text_model." + k: v for k, v in sd.items()}, str(f), metadata={"format": "pt"})
-    _modules_equal(pipe, Text2Image.from_pretrained(tmp_path / "m", "cpu"))
+    assert_modules_equal(pipe, Text2Image.from_pretrained(tmp_path / "m", "cpu"))
 
 
 def test_negative_prompt_and_guidance(saved):
@@ -183,7 +176,7 @@ def test_user_errors(saved, tmp_path):
     with pytest.raises(LumenkitError, match="bare.safetensors: this checkpoint carries no tokenizer.*--tokenizer"):
         Text2Image.from_single_file(tmp_path / "bare.safetensors")
     loaded = Text2Image.from_single_file(tmp_path / "bare.safetensors", "cpu", tokenizer=root / "model" / "tokenizer")
-    _modules_equal(pipe, loaded)
+    assert_modules_equal(pipe, loaded)
     # without stored config a file is taken as sd15: a tiny file then fails with a clear message
     convert.write_checkpoint(tmp_path / "noconf.safetensors", sd)
     with pytest.raises(LumenkitError, match="noconf.safetensors: .*shape"):

@@ -26,11 +26,10 @@ NEG = "blurry"
 def make_tiny_base(root) -> dict:
     """A tiny random SD (diffusers folder), a random (non-zero) MotionAdapter folder fitting it, and one whose
     layer count does not fit; returns their paths. Shared with test_cli.py."""
-    from lumenkit.t2i.pipeline import Text2Image
-    from tests.t2i import write_test_tokenizer
+    from tests.t2i import tiny_pipeline
 
     root = os.fspath(root)
-    t2i = Text2Image.from_preset("tiny", write_test_tokenizer(os.path.join(root, "tok")), "cpu", seed=0)
+    t2i = tiny_pipeline(root)
     t2i.save_pretrained(os.path.join(root, "base"))
     torch.manual_seed(1)
     adapter = M.build_motion_adapter(t2i.unet.config, "tiny", zero_init=False)

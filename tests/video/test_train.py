@@ -28,11 +28,10 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny random SD saved as a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
-    from lumenkit.t2i.pipeline import Text2Image
-    from tests.t2i import write_test_tokenizer
+    from tests.t2i import tiny_pipeline
 
     root = tmp_path_factory.mktemp("video_base")
-    Text2Image.from_preset("tiny", write_test_tokenizer(root / "tok"), "cpu", seed=0).save_pretrained(root / "sd")
+    tiny_pipeline(root).save_pretrained(root / "sd")
     return root / "sd"
 
 
