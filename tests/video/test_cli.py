@@ -142,7 +142,11 @@ def test_sample_writes_mp4_and_gif_with_f_frames(tiny, processes, tmp_path, caps
     for strip_file in (work / "good" / "c_strip.png", tmp_path / "c_strip.png"):
         strip = iio.imread(strip_file)
         assert strip.shape == (32, 96, 3)
-    assert np.array_equal(iio.imread(work / "good" / "c_strip.png"), iio.imread(tmp_path / "c_strip.png"))  # seeded
+    # seeded: the same clip. Not to the bit: the CLI drops to one torch thread on a busy machine
+    # (fit_threads_to_load), and 1 vs 2 threads round differently, which may move a uint8 level or two
+    a = iio.imread(work / "good" / "c_strip.png").astype(int)
+    b = iio.imread(tmp_path / "c_strip.png").astype(int)
+    assert np.abs(a - b).max() <= 2 and np.mean(a != b) < 0.05
     # the GIF holds the strip's frames up to palette quantisation (the untrained tiny model's frames are noise-like,
     # which yuv420p's 2x2 chroma cannot hold: the mp4's accuracy is tested on a smooth clip above)
     strip = iio.imread(tmp_path / "c_strip.png").astype(int)
