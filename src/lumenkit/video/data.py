@@ -21,7 +21,8 @@ each metric can be measured against truth.
   ``noise`` (bicubically upsampled coarse value noise), muted colours, drawn per clip.
 - Captions: ``"{identity phrase} {motion phrase}"``, e.g. "a red star with blue stripes moves left",
   "a green and yellow checkered hexagon spins", "an orange oval with a cyan border grows".
-  :func:`parse_caption` inverts :func:`caption` exactly.
+  :func:`parse_caption` inverts :func:`caption` exactly. :func:`class_caption` names the class only,
+  "a star moves left" (VideoMaker trains and is evaluated on these: the identity comes from the reference).
 
 Rendering is inverse-warp point sampling: every pixel's SUPERSAMPLE x SUPERSAMPLE sub-samples are mapped
 into the sprite's own frame (u, v) (circumradius 1, v up), where the shape (polygon crossing test or
@@ -195,6 +196,15 @@ def caption(identity: Identity, motion: str) -> str:
     return f"{identity.phrase()} {MOTION_PHRASES[motion]}"
 
 
+def class_caption(identity: Identity, motion: str) -> str:
+    """The class-level caption: 'a star moves left' (the subject's shape only, as the paper's prompts
+    name a class, "a man", and leave the identity to the reference image)."""
+    return f"{_article(identity.shape)} {identity.shape} {MOTION_PHRASES[motion]}"
+
+
+CAPTION_MODES = {"class": class_caption, "full": caption}
+
+
 def parse_caption(text: str) -> tuple[Identity, str]:
     """Inverse of caption(): (identity, motion name); LumenkitError for text outside the grammar."""
     t = " ".join(text.strip().lower().split())
@@ -247,8 +257,10 @@ class ClipSpec:
     def identity(self) -> Identity:
         return IDENTITIES[self.identity_id]
 
-    def caption(self) -> str:
-        return caption(self.identity, self.motion)
+    def caption(self, mode: str = "full") -> str:
+        """The clip's caption: "full" names the identity ('a red star with blue stripes moves left'),
+        "class" its shape only ('a star moves left')."""
+        return CAPTION_MODES[mode](self.identity, self.motion)
 
     def trajectory(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The exact per-frame transform: positions [F, 2] (x, y) px of the sprite's centroid, scales [F]

@@ -33,7 +33,6 @@ from typing import Callable
 import torch
 
 from lumenkit.common.errors import LumenkitError
-from lumenkit.video.models import videomaker_parameter_names
 
 REMINDER_ALPHA = 0.01  # t' = alpha * t (paper)
 REG_BETA = 0.1  # weight of L_reg (paper)
@@ -146,11 +145,14 @@ def drop_text(context: torch.Tensor, null_context: torch.Tensor, dropped: torch.
 
 
 # --------------------------------------------------------------------------------- trainable set
-def set_trainable(unet, train_motion: bool = True) -> list[str]:
+def set_trainable(unet, train_motion: bool = True, conditioning: str = "pisa") -> list[str]:
     """requires_grad True exactly on VideoMaker's trainable parameters of `unet` (spatial attn1 outside
     motion_modules, + every motion-module parameter with `train_motion`; see
-    lumenkit.video.models.videomaker_parameter_names), False elsewhere; returns their names."""
-    names = set(videomaker_parameter_names(unet, motion_modules=train_motion))
+    lumenkit.video.models.videomaker_parameter_names), or a baseline conditioning's
+    (lumenkit.video.baselines.trainable_parameter_names), False elsewhere; returns their names."""
+    from lumenkit.video.baselines import trainable_parameter_names
+
+    names = set(trainable_parameter_names(unet, conditioning, motion_modules=train_motion))
     if not names:
         raise LumenkitError(f"{type(unet).__name__} has no spatial self-attention parameters to train")
     for n, p in unet.named_parameters():

@@ -312,7 +312,8 @@ def video_eps(unet, x: torch.Tensor, t: torch.Tensor | int, context: torch.Tenso
         raise LumenkitError(f"{n} frames exceed the motion modules' {max_len} positions (motion_max_seq_length)")
     ctx = context.repeat_interleave(n, dim=0)
     with pisa_frames(unet, n - 1):
-        out = unet(x.permute(0, 2, 1, 3, 4), t, encoder_hidden_states=ctx, **kwargs).sample
+        # contiguous: a strided x (e.g. a slice of the VAE's moments) made torch 2.13's CPU backward segfault
+        out = unet(x.contiguous().permute(0, 2, 1, 3, 4), t, encoder_hidden_states=ctx, **kwargs).sample
     return out.permute(0, 2, 1, 3, 4)
 
 
@@ -330,17 +331,19 @@ def _structure(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(config).items() if k in keys}
 
 
-def save_videomaker_weights(unet, path: str | os.PathLike, *, motion_modules: bool = True) -> Path:
+def save_videomaker_weights(unet, path: str | os.PathLike, *, motion_modules: bool = True, names: list[str] | None = None) -> Path:
     """Write the trained VideoMaker weights of `unet` to one .safetensors file (atomically): the tensors of
-    videomaker_parameter_names(unet, motion_modules=...) ({name: tensor}, the UNetMotionModel's own names),
-    metadata {"format": WEIGHTS_FORMAT, "unet": <structural config JSON>}. The frozen rest is the base's."""
+    videomaker_parameter_names(unet, motion_modules=...) ({name: tensor}, the UNetMotionModel's own names)
+    or of `names` (a baseline's set, lumenkit.video.baselines), metadata {"format": WEIGHTS_FORMAT, "unet":
+    <structural config JSON>}. The frozen rest is the base's."""
     from lumenkit.common.fileio import save_state_dict
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise LumenkitError(f"{path}: VideoMaker weights are written as .safetensors")
     params = dict(unet.named_parameters())
-    state = {n: params[n] for n in videomaker_parameter_names(unet, motion_modules=motion_modules)}
+    names = videomaker_parameter_names(unet, motion_modules=motion_modules) if names is None else names
+    state = {n: params[n] for n in names}
     meta = {"format": WEIGHTS_FORMAT, "unet": json.dumps(_structure(unet.config))}
     return save_state_dict(path, state, meta)
 

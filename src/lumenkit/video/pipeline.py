@@ -118,6 +118,9 @@ class VideoMakerPipeline:
     unet: Any
     pisa: bool = True
     weights: Path | None = None
+    conditioning: str = "pisa"  # lumenkit.video.baselines.CONDITIONINGS: pisa (VideoMaker), none (a), ip_adapter (b)
+    image_encoder: Any = None  # baselines.PooledImageEncoder of the ip_adapter baseline
+    size: int | None = None  # frame size in px (None: the UNet's sample_size x the VAE factor)
 
     def __post_init__(self) -> None:
         self.unet.to(self.device).eval().requires_grad_(False)
@@ -130,14 +133,19 @@ class VideoMakerPipeline:
     def from_pretrained(cls, base: str | os.PathLike | None = None, motion_adapter: str | os.PathLike | None = None,
                         weights: str | os.PathLike | None = None, *, preset: str | Mapping[str, Any] = "shapes",
                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int | None = 0,
-                        pisa: bool = True) -> "VideoMakerPipeline":
+                        pisa: bool = True, conditioning: str = "pisa") -> "VideoMakerPipeline":
         """Local folders only. base: a diffusers SD 1.x folder (default: the shipped shapes model,
         lumenkit.t2i.pipeline.SHIPPED_MODEL). motion_adapter: a diffusers MotionAdapter folder (checked
         against the base UNet before its weights are read), or None for a fresh zero-initialised adapter of
         motion preset `preset` (lumenkit.video.models.MOTION_PRESETS; its weights from `seed`). weights: a
         VideoMaker .safetensors (models.save_videomaker_weights) applied on top. pisa: install the
         personalized-injection attention (False: the stock processors, the reference then reaches the
-        video frames only through the motion modules)."""
+        video frames only through the motion modules). conditioning: "pisa" (VideoMaker), or a baseline of
+        lumenkit.video.baselines: "none" (text-to-video, no reference) or "ip_adapter" (pooled CLIP image
+        embedding through decoupled cross-attention; its image tower from the base folder)."""
+        from lumenkit.video import baselines as BL
+
+        BL.check_conditioning(conditioning)
         device = resolve_device(device)
         t2i = load_pipeline(base, device, dtype=dtype)
         unet2d = t2i.unet
@@ -149,15 +157,21 @@ class VideoMakerPipeline:
             source = f"motion preset {preset!r}"
         unet = M.build_video_unet(unet2d, adapter, source)
         t2i.unet = None  # its weights were copied into the video UNet; keep one copy in memory
-        if pisa:
+        encoder = None
+        if conditioning == "pisa" and pisa:
             from lumenkit.video.attention import install_pisa
 
             install_pisa(unet)
+        elif conditioning == "ip_adapter":
+            from lumenkit.t2i.pipeline import SHIPPED_MODEL
+
+            encoder = BL.load_image_encoder(base if base is not None else SHIPPED_MODEL, device)
+            BL.install_ip_adapter(unet, encoder.embed_dim, seed=seed)
         loaded = None
         if weights is not None:
             M.load_videomaker_weights(unet, weights)
             loaded = Path(weights)
-        return cls(t2i, unet, pisa, loaded)
+        return cls(t2i, unet, pisa and conditioning == "pisa", loaded, conditioning, encoder)
 
     # -------------------------------------------------------------------------- geometry
     @property
@@ -173,8 +187,8 @@ class VideoMakerPipeline:
         return self.base.vae_factor
 
     def default_size(self) -> int:
-        """Frame height = width in pixels: the UNet's sample_size x the VAE factor."""
-        return int(self.unet.config.sample_size) * self.vae_factor
+        """Frame height = width in pixels: `size` (a trained folder's), else the UNet's sample_size x the VAE factor."""
+        return int(self.size) if self.size else int(self.unet.config.sample_size) * self.vae_factor
 
     @property
     def latent_channels(self) -> int:
@@ -186,17 +200,41 @@ class VideoMakerPipeline:
         return int(getattr(self.unet.config, "motion_max_seq_length", 32)) - 1
 
     # -------------------------------------------------------------------------- the run
+    def reference_images(self, ref_images: list) -> np.ndarray:
+        """Reference images (each as reference_array takes it) -> [B, H, W, 3] float32 in [0, 1] at the model's size."""
+        size = self.default_size()
+        return np.stack([fit_reference(reference_array(r), size, size) for r in ref_images])
+
     def encode_reference(self, ref_image: Any) -> torch.Tensor:
         """Reference image (see reference_array) -> r [1, C, h, w]: resized to the model's size, VAE posterior
         mean x scaling_factor (Text2Image.encode_image)."""
-        size = self.default_size()
-        img = fit_reference(reference_array(ref_image), size, size)
-        return self.base.encode_image(img[None])
+        return self.base.encode_image(self.reference_images([ref_image]))
+
+    def condition(self, ref_images: list, prompts: list[str], negative_prompt: str = "") -> tuple[dict, dict]:
+        """(cond, uncond) of the CFG branches for B clips: {"context": [B, K, E]} + the reference as this
+        conditioning takes it: "reference" [B, C, h, w] latent (pisa; uncond zeros), "image_embeds" [B, D]
+        (ip_adapter; uncond zeros), nothing (none)."""
+        cond = {"context": self.base.encode_prompt(list(prompts))}
+        uncond = {"context": self.base.encode_prompt([negative_prompt or ""] * len(prompts))}
+        if self.conditioning == "pisa":
+            cond["reference"] = self.base.encode_image(self.reference_images(ref_images))
+        elif self.conditioning == "ip_adapter":
+            img = torch.from_numpy(self.reference_images(ref_images)).permute(0, 3, 1, 2)
+            cond["image_embeds"] = self.image_encoder(img * 2 - 1).to(self.device, self.dtype)
+        for k in ("reference", "image_embeds"):
+            if k in cond:
+                uncond[k] = torch.zeros_like(cond[k])
+        return cond, uncond
 
     def eps_model(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The denoiser seen by lumenkit.diffusion.sample: x [B, F, C, h, w] (video frames only), t [B],
         cond {"context": [B, K, E], "reference": [B, C, h, w]} -> eps [B, F, C, h, w]. The clean reference is
-        appended as frame F+1; its output is discarded."""
+        appended as frame F+1; its output is discarded. The baselines: no reference frame; ip_adapter takes
+        cond["image_embeds"] [B, D]."""
+        if self.conditioning != "pisa":
+            from lumenkit.video.baselines import ip_kwargs
+
+            return M.video_eps(self.unet, x, t, cond["context"], **ip_kwargs(cond.get("image_embeds")))
         ref = cond["reference"].to(x.dtype)[:, None]
         eps = M.video_eps(self.unet, torch.cat([x, ref], dim=1), t, cond["context"])
         return eps[:, :-1]
@@ -210,7 +248,7 @@ class VideoMakerPipeline:
     def __call__(
         self,
         ref_image: Any,
-        prompt: str,
+        prompt: str | list[str],
         *,
         num_frames: int = 8,
         num_inference_steps: int = 30,
@@ -232,29 +270,32 @@ class VideoMakerPipeline:
         default, DDIM 0, Euler-a 1; PLMS needs 0). generator seeds the start noise and every draw.
         latents: the start noise [1, F, C, h, w] (else drawn from `generator` on its device, as diffusers).
         Returns frames [F, 3, H, W] float32 in [0, 1] on the CPU ("pt"), or the final frame latents
-        [F, C, h, w] ("latent")."""
+        [F, C, h, w] ("latent"). A LIST of prompts (and a list of as many reference images) makes B clips in
+        one batch: [B, F, 3, H, W] (latents [B, F, C, h, w]; start noise [B, F, C, h, w])."""
         sampler = resolve_sampler(sampler)
         if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
             raise LumenkitError(f"num_frames must be an integer >= 1, got {num_frames!r}")
         if num_frames > self.max_frames:
             raise LumenkitError(f"num_frames {num_frames}: the motion modules take at most {self.max_frames} video frames "
                                 f"(+ the reference = motion_max_seq_length {self.max_frames + 1})")
-        if not isinstance(prompt, str):
-            raise LumenkitError(f"prompt must be a string, got {type(prompt).__name__}")
+        batched = isinstance(prompt, (list, tuple))
+        prompts, refs = (list(prompt), list(ref_image)) if batched else ([prompt], [ref_image])
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise LumenkitError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+        if len(refs) != len(prompts):
+            raise LumenkitError(f"{len(prompts)} prompts but {len(refs)} reference images")
         if output_type not in ("pt", "latent"):
             raise LumenkitError(f"output_type {output_type!r}: use pt or latent")
-        ref = self.encode_reference(ref_image)
-        h = w = int(self.unet.config.sample_size)
-        shape = (1, int(num_frames), self.latent_channels, h, w)
-        cond = {"context": self.base.encode_prompt([prompt]), "reference": ref}
-        uncond = None
-        if float(guidance_scale) != 1.0:
-            uncond = {"context": self.base.encode_prompt([negative_prompt or ""]), "reference": torch.zeros_like(ref)}
+        h = w = self.default_size() // self.vae_factor
+        shape = (len(prompts), int(num_frames), self.latent_channels, h, w)
+        cond, uncond = self.condition(refs, prompts, negative_prompt)
+        if float(guidance_scale) == 1.0:
+            uncond = None
         if latents is None:
             gen_device = generator.device if generator is not None else torch.device("cpu")
             latents = torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
-            raise LumenkitError(f"latents have shape {tuple(latents.shape)}, want {shape} [1, F, C, h, w]")
+            raise LumenkitError(f"latents have shape {tuple(latents.shape)}, want {shape} [B, F, C, h, w]")
         z, _ = sample(
             self.eps_model, self.base.schedule, sampler, int(num_inference_steps),
             x_T=latents.to(self.device, self.dtype), cond=cond, uncond=uncond, guidance_scale=float(guidance_scale),
@@ -262,8 +303,9 @@ class VideoMakerPipeline:
             callback=callback, progress=progress,
         )
         if output_type == "latent":
-            return z[0]
-        return self.decode(z[0]).cpu()
+            return z if batched else z[0]
+        frames = torch.stack([self.decode(zi).cpu() for zi in z])
+        return frames if batched else frames[0]
 
 
 
@@ -292,8 +334,11 @@ def load_trained(folder: str | os.PathLike, *, base: str | os.PathLike | None = 
     base = base if base is not None else (cfg.get("base") or None)
     if base is not None and not Path(base).is_dir():
         raise LumenkitError(f"--model {folder}: its base SD folder {base} does not exist here (pass --base DIR)")
-    return VideoMakerPipeline.from_pretrained(base, cfg.get("motion_adapter") or None, weights, preset=cfg.get("motion_preset", "shapes"),
-                                              device=device, dtype=dtype, seed=cfg.get("seed", 0), pisa=pisa)
+    pipe = VideoMakerPipeline.from_pretrained(base, cfg.get("motion_adapter") or None, weights, preset=cfg.get("motion_preset", "shapes"),
+                                              device=device, dtype=dtype, seed=cfg.get("seed", 0), pisa=pisa,
+                                              conditioning=cfg.get("conditioning", "pisa"))
+    pipe.size = int(cfg["size"]) if cfg.get("size") else None  # the size it was trained at
+    return pipe
 
 
 def load_shipped(device: str | torch.device = "cpu", *, pisa: bool = True) -> VideoMakerPipeline:

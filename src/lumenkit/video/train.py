@@ -57,7 +57,9 @@ from lumenkit.common.config import check, check_range, config_to_dict, param
 from lumenkit.common.errors import LumenkitError
 from lumenkit.common.fileio import atomic_write_json
 from lumenkit.common.train_loop import TrainConfig, TrainResult, batch_rng, make_accelerator, torch_gen, train
-from lumenkit.video.losses import P_BOTH, P_REF, REG_BETA, REMINDER_ALPHA, condition_dropout, drop_text, gir_loss, set_trainable
+from lumenkit.video.losses import (P_BOTH, P_REF, REG_BETA, REMINDER_ALPHA, GirLoss, add_noise, condition_dropout, drop_text, gir_loss,
+                                   set_trainable)
+from lumenkit.video.baselines import CONDITIONINGS, ip_kwargs, trainable_parameter_names, uses_reference_frame
 from lumenkit.video.models import MOTION_PRESETS
 
 MotionPreset = Literal["tiny", "shapes", "sd15"]
@@ -81,6 +83,11 @@ class VideoTrainConfig(TrainConfig):
     alpha: float = param(REMINDER_ALPHA, "GIR reminder noise: the reference is noised at t' = alpha * t")
     beta: float = param(REG_BETA, "weight of the GIR loss L_reg (0 = VideoMaker without GIR, baseline (c))")
     train_motion: bool = param(True, "train the motion modules too (off = spatial attn1 only, baseline (d))")
+    conditioning: Literal["pisa", "none", "ip_adapter"] = param(
+        "pisa", "how the reference enters: pisa = VideoMaker; none = text-to-video baseline (a); "
+        "ip_adapter = pooled image embedding via decoupled cross-attention, baseline (b) (lumenkit.video.baselines)")
+    captions: Literal["class", "full"] = param("class", "training captions: class names the shape only ('a star moves left', "
+                                              "the identity comes from the reference, as the paper's prompts); full names the identity")
     p_ref_drop: float = param(P_REF, "probability of dropping the reference alone (classifier-free guidance)")
     p_both_drop: float = param(P_BOTH, "probability of dropping the reference and the text together")
     # engine defaults changed for this stage
@@ -102,6 +109,8 @@ class VideoTrainConfig(TrainConfig):
               "must be an integer in [1, 31] (F + 1 <= the motion modules' 32 positions)")
         check(isinstance(self.size, int) and 32 <= self.size <= 256 and self.size % 8 == 0, "size", self.size,
               "must be a multiple of 8 in [32, 256]")
+        check(self.conditioning in CONDITIONINGS, "conditioning", self.conditioning, f"expected one of {', '.join(CONDITIONINGS)}")
+        check(self.captions in ("class", "full"), "captions", self.captions, "expected class or full")
         check_range("alpha", self.alpha, 0, 1)
         check_range("beta", self.beta, 0)
         check_range("p_ref_drop", self.p_ref_drop, 0, 1)
@@ -129,24 +138,32 @@ class VideoDenoiser(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """image_embeds [B, D]: pooled reference embeddings for the IP-Adapter baseline (None otherwise)."""
         from lumenkit.video.models import video_eps
 
-        return video_eps(self.unet, x, t, context)
+        return video_eps(self.unet, x, t, context, **ip_kwargs(image_embeds))
 
 
-def build_video_model(cfg: VideoTrainConfig, device: str | torch.device = "cpu") -> VideoDenoiser:
+def build_video_model(cfg: VideoTrainConfig, device: str | torch.device = "cpu", image_embed_dim: int | None = None) -> VideoDenoiser:
     """The base UNet + motion adapter (cfg.motion_adapter, else a fresh zero-initialised cfg.motion_preset
-    one drawn under cfg.seed), PISA installed for cfg.frames, requires_grad on the trainable subset."""
+    one drawn under cfg.seed), PISA installed for cfg.frames (conditioning pisa; ip_adapter: the decoupled
+    cross-attention for pooled embeddings of `image_embed_dim`), requires_grad on the trainable subset."""
     from lumenkit.video.attention import install_pisa
+    from lumenkit.video.baselines import install_ip_adapter
     from lumenkit.video.models import video_unet_from_pretrained
 
     unet = video_unet_from_pretrained(base_folder(cfg), cfg.motion_adapter or None, cfg.motion_preset, device=device, seed=cfg.seed)
     max_len = getattr(unet.config, "motion_max_seq_length", None)
     if max_len is not None and cfg.frames + 1 > max_len:
         raise LumenkitError(f"--frames {cfg.frames}: the motion modules have {max_len} positions, fewer than frames + 1 (the reference)")
-    install_pisa(unet, cfg.frames)
-    set_trainable(unet, cfg.train_motion)
+    if cfg.conditioning == "pisa":
+        install_pisa(unet, cfg.frames)
+    elif cfg.conditioning == "ip_adapter":
+        if image_embed_dim is None:
+            raise LumenkitError("the IP-Adapter baseline needs the image encoder's embedding size")
+        install_ip_adapter(unet, image_embed_dim, seed=cfg.seed)
+    set_trainable(unet, cfg.train_motion, cfg.conditioning)
     return VideoDenoiser(unet)
 
 
@@ -158,13 +175,19 @@ class FrozenParts:
     text_encoder: Any
     vae: Any
     alphas_cumprod: torch.Tensor
+    image_encoder: Any = None  # baselines.PooledImageEncoder (the IP-Adapter baseline only)
 
 
 def load_frozen(cfg: VideoTrainConfig, device: str | torch.device = "cpu") -> FrozenParts:
     from lumenkit.t2i.pipeline import Text2Image
 
     pipe = Text2Image.from_pretrained(base_folder(cfg), device)  # eval + requires_grad False
-    return FrozenParts(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.schedule.alphas_cumprod.float().cpu())
+    encoder = None
+    if cfg.conditioning == "ip_adapter":
+        from lumenkit.video.baselines import load_image_encoder
+
+        encoder = load_image_encoder(base_folder(cfg), device)
+    return FrozenParts(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.schedule.alphas_cumprod.float().cpu(), encoder)
 
 
 # ------------------------------------------------------------------------------------------ the loss
@@ -240,10 +263,24 @@ class VideoMakerLoss:
         ref = self.latents(b.references)
         t, drop, eps, eps_ref = self.draws(step, tuple(z0.shape[1:]), tuple(ref.shape[1:]))
         t, ref_drop, text_drop, eps, eps_ref = (v[rows].to(self.device) for v in (t, drop.ref, drop.text, eps, eps_ref))
-        context = drop_text(self.contexts(b.captions), self.null_context, text_drop)
+        captions = [s.caption(cfg.captions) for s in b.specs]
+        context = drop_text(self.contexts(captions), self.null_context, text_drop)
+        if not uses_reference_frame(cfg.conditioning):
+            return self._baseline_loss(model, b, z0, t, context, eps, ref_drop), drop.ref
         out = gir_loss(model, z0, ref, t, self.parts.alphas_cumprod.to(self.device), context, eps, eps_ref,
                        alpha=cfg.alpha, beta=cfg.beta, ref_dropped=ref_drop)
         return out, drop.ref
+
+    def _baseline_loss(self, model, b, z0, t, context, eps, ref_drop) -> GirLoss:
+        """L_video alone for the baselines without a reference frame: none (a) and ip_adapter (b) (its pooled
+        reference embedding zeroed where the reference is dropped, as diffusers' unconditional branch)."""
+        image_embeds = None
+        if self.cfg.conditioning == "ip_adapter":
+            image_embeds = self.parts.image_encoder(b.references) * (~ref_drop).to(self.device, torch.float32)[:, None]
+        z_t = add_noise(z0, eps, self.parts.alphas_cumprod.to(self.device)[t])
+        pred = model(z_t, t, context, image_embeds)
+        video = (pred.float() - eps).pow(2).mean()
+        return GirLoss(loss=video, video=video, reg=torch.zeros((), device=video.device), t_ref=torch.zeros_like(t), pred=pred)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -268,7 +305,7 @@ def model_config(cfg: VideoTrainConfig) -> dict:
     """OUT/config.json: how to rebuild the trained model (and the run's config under "train")."""
     return {"format": CONFIG_FORMAT, "weights": WEIGHTS, "base": str(base_folder(cfg).resolve()),
             "motion_adapter": str(Path(cfg.motion_adapter).resolve()) if cfg.motion_adapter else "",
-            "motion_preset": cfg.motion_preset, "frames": cfg.frames, "size": cfg.size, "seed": cfg.seed,
+            "motion_preset": cfg.motion_preset, "conditioning": cfg.conditioning, "frames": cfg.frames, "size": cfg.size, "seed": cfg.seed,
             "train_motion": cfg.train_motion, "train": config_to_dict(cfg)}
 
 
@@ -282,7 +319,7 @@ def train_videomaker(out: str | Path, cfg: VideoTrainConfig | None = None, devic
     out = Path(out)
     dev = make_accelerator(device).device
     parts = load_frozen(cfg, dev)
-    model = build_video_model(cfg, dev)
+    model = build_video_model(cfg, dev, parts.image_encoder.embed_dim if parts.image_encoder is not None else None)
     ema = None
     if cfg.ema_decay > 0:
         ema = copy.deepcopy(model).requires_grad_(False)
@@ -302,7 +339,8 @@ def train_videomaker(out: str | Path, cfg: VideoTrainConfig | None = None, devic
     }
 
     def write() -> None:
-        save_videomaker_weights(shipped.unet, out / WEIGHTS, motion_modules=True)
+        names = trainable_parameter_names(shipped.unet, cfg.conditioning, motion_modules=True)
+        save_videomaker_weights(shipped.unet, out / WEIGHTS, names=names)
         atomic_write_json(out / "config.json", model_config(cfg))
         atomic_write_json(out / "summary.json", summary)
 
