@@ -205,7 +205,7 @@ def test_data_verb_and_train_help(tmp_path, capsys):
 
 def test_demo_section_html(tiny, tmp_path, monkeypatch):
     """The demo section on the tiny model (the shipped one takes ~20 s): reference, prompt, animated GIFs inline,
-    and the page says the weights are untrained."""
+    the same model without the reference, a real clip, and the page says no trained weights are installed."""
     from lumenkit.video import cli
     from lumenkit.video import pipeline as P
 
@@ -214,6 +214,6 @@ def test_demo_section_html(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "DEMO_FRAMES", 2)
     page = cli.demo_section(tmp_path / "demo", "cpu")
     assert page.startswith("<h2>video")
-    assert "untrained" in page and "prompt:" in page
+    assert "No trained VideoMaker weights" in page and "prompt:" in page and "no reference" in page
     assert page.count("data:image/gif;base64,") >= 3 and page.count("data:image/png;base64,") >= 1
     assert (tmp_path / "demo" / "video_0.gif").is_file() and (tmp_path / "demo" / "video_0_strip.png").is_file()

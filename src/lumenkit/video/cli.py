@@ -181,14 +181,14 @@ def train_main(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ demo
-DEMO_FRAMES, DEMO_STEPS, DEMO_SCALE, DEMO_SEED = 8, 12, 8.0, 0
+DEMO_FRAMES, DEMO_STEPS, DEMO_SCALE, DEMO_SEED = 8, 25, 8.0, 0
 DEMO_MOTIONS = ("left", "spins")
 
 
 @registry.demo_section("video")
 def demo_section(outdir: Path, device) -> str:
-    """Zero-shot references (unseen test subjects of the synthetic world) + captions -> clips as animated GIFs,
-    beside the same prompt without the reference path (stock attention, baseline (a))."""
+    """Zero-shot references (unseen test subjects of the synthetic world) + class-level prompts -> clips as
+    animated GIFs, beside the same model and noise without the reference (zeroed, as CFG's unconditional branch)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     with torch_threads(0):
@@ -210,48 +210,39 @@ def _demo(outdir: Path, device) -> str:
 
     t0 = time.perf_counter()
     pipe = P.load_shipped(device)
-    rng = np.random.default_rng(DEMO_SEED)
-    batch = make_batch(rng, 16, "test", DEMO_FRAMES, pipe.default_size())
+    batch = make_batch(np.random.default_rng(DEMO_SEED), 16, "test", DEMO_FRAMES, pipe.default_size())
     rows = [next(i for i in range(len(batch)) if MOTIONS[int(batch.motion_ids[i])] == m) for m in DEMO_MOTIONS
             if any(MOTIONS[int(k)] == m for k in batch.motion_ids)] or [0]
     figs, trained = [], pipe.weights is not None
+    width = 4 * pipe.default_size()
     for j, i in enumerate(rows):
         ref = ((batch.references[i] + 1) / 2).clamp(0, 1)  # [3, H, W] in [0, 1]
-        prompt = batch.captions[i]
+        prompt = batch.specs[i].caption("class")
         kw = dict(num_frames=DEMO_FRAMES, num_inference_steps=DEMO_STEPS, guidance_scale=DEMO_SCALE, progress=False)
         clip = pipe(ref, prompt, generator=torch.Generator().manual_seed(DEMO_SEED + j), **kw)
         gif = write_video(outdir / f"video_{j}.gif", clip, fps=8)
         write_video(strip_path(gif), clip)
         write_image(outdir / f"video_{j}_reference.png", ref.permute(1, 2, 0).numpy())
-        cells = [html.figure(html.img_tag(ref.permute(1, 2, 0).numpy(), width=128, alt="reference"), "reference (unseen subject)"),
-                 html.figure(html.img_tag(gif, width=128, alt=prompt), "VideoMaker")]
-        if j == 0:  # baseline (a): the same prompt and noise without the reference path (stock attention, zero motion)
-            stock = P.VideoMakerPipeline(pipe.base, pipe.unet, pisa=False)
-            from diffusers.models.attention_processor import AttnProcessor2_0
-
-            from lumenkit.video.models import is_spatial_self_attention
-
-            procs = pipe.unet.attn_processors
-            try:
-                pipe.unet.set_attn_processor({k: (AttnProcessor2_0() if is_spatial_self_attention(k) else v) for k, v in procs.items()})
-                base_clip = stock(ref, prompt, generator=torch.Generator().manual_seed(DEMO_SEED + j), **kw)
-            finally:
-                pipe.unet.set_attn_processor(procs)
-            bgif = write_video(outdir / f"video_{j}_no_reference.gif", base_clip, fps=8)
-            cells.append(html.figure(html.img_tag(bgif, width=128, alt=prompt), "without the reference path (stock attention)"))
+        base_clip = pipe(ref, prompt, generator=torch.Generator().manual_seed(DEMO_SEED + j), use_reference=False, **kw)
+        bgif = write_video(outdir / f"video_{j}_no_reference.gif", base_clip, fps=8)
+        truth = write_video(outdir / f"video_{j}_real.gif", (batch.videos[i] + 1) / 2, fps=8)
+        cells = [html.figure(html.img_tag(ref.permute(1, 2, 0).numpy(), width=width, alt="reference"), "reference (unseen subject)"),
+                 html.figure(html.img_tag(gif, width=width, alt=prompt), "VideoMaker"),
+                 html.figure(html.img_tag(bgif, width=width, alt=prompt), "same model and noise, no reference"),
+                 html.figure(html.img_tag(truth, width=width, alt=batch.captions[i]), "a real clip of the subject")]
         figs.append(f"<div><p><b>prompt:</b> {html.escape(prompt)}</p>{''.join(cells)}</div>")
     seconds = time.perf_counter() - t0
     if trained:
-        status = f"<p>Trained VideoMaker weights: <code>{html.escape(str(pipe.weights))}</code>.</p>"
+        status = (f"<p>Trained VideoMaker weights <code>{html.escape(str(pipe.weights))}</code> (benchmarks/video.py's model "
+                  "(e); BENCHMARKS.md \"video\" compares it with the baselines on 64 unseen subjects).</p>")
     else:
-        status = ("<p class='note'><b>The VideoMaker weights are untrained</b> until the training issue lands: the clips "
-                  "come from the shipped t2i UNet with fresh (zero-initialised) motion modules and PISA on spatial "
-                  "attention that was never trained to use a reference, so they are placeholder quality: they show the "
-                  "plumbing (reference appended as the last frame, CFG with a zeroed reference), not the method's "
-                  "result.</p>")
+        status = ("<p class='note'><b>No trained VideoMaker weights are installed</b>: the clips come from the shipped t2i "
+                  "UNet with fresh (zero-initialised) motion modules and PISA on attention never trained to use a "
+                  "reference (placeholder quality).</p>")
     note = (f"<p>VideoMaker (Wu et al. 2024) on the shipped shapes-world Stable Diffusion + AnimateDiff motion modules: "
             f"the reference image is VAE-encoded and appended as the last frame with no noise; personalized-injection "
-            f"self-attention lets every frame attend to it. DDIM {DEMO_STEPS} steps, CFG {DEMO_SCALE:g} (unconditional "
-            f"branch: zeroed reference + empty prompt), {DEMO_FRAMES} frames at {pipe.default_size()} px, seed {DEMO_SEED}; "
-            f"{seconds:.0f} s on this machine. References: unseen (zero-shot test) subjects of the synthetic world.</p>")
+            f"self-attention lets every frame attend to it. The prompt names the class only; colour and pattern must come "
+            f"from the reference. DDIM {DEMO_STEPS} steps, CFG {DEMO_SCALE:g} (unconditional branch: zeroed reference + "
+            f"empty prompt), {DEMO_FRAMES} frames at {pipe.default_size()} px, seed {DEMO_SEED}; {seconds:.0f} s on this "
+            f"machine.</p>")
     return f"<h2>video: VideoMaker zero-shot customized video</h2>{status}{note}{''.join(figs)}"

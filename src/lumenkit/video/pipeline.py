@@ -261,6 +261,7 @@ class VideoMakerPipeline:
         callback: Callable[[dict], Any] | None = None,
         progress: bool = True,
         output_type: str = "pt",
+        use_reference: bool = True,
     ) -> torch.Tensor:
         """Generate a clip of `num_frames` frames of the reference's subject doing what `prompt` says.
 
@@ -270,7 +271,8 @@ class VideoMakerPipeline:
         default, DDIM 0, Euler-a 1; PLMS needs 0). generator seeds the start noise and every draw.
         latents: the start noise [1, F, C, h, w] (else drawn from `generator` on its device, as diffusers).
         Returns frames [F, 3, H, W] float32 in [0, 1] on the CPU ("pt"), or the final frame latents
-        [F, C, h, w] ("latent"). A LIST of prompts (and a list of as many reference images) makes B clips in
+        [F, C, h, w] ("latent"). use_reference False: the conditional branch gets the zeroed reference too
+        (the same model as a text-to-video model, as CFG's unconditional branch sees it). A LIST of prompts (and a list of as many reference images) makes B clips in
         one batch: [B, F, 3, H, W] (latents [B, F, C, h, w]; start noise [B, F, C, h, w])."""
         sampler = resolve_sampler(sampler)
         if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
@@ -289,6 +291,8 @@ class VideoMakerPipeline:
         h = w = self.default_size() // self.vae_factor
         shape = (len(prompts), int(num_frames), self.latent_channels, h, w)
         cond, uncond = self.condition(refs, prompts, negative_prompt)
+        if not use_reference:
+            cond.update({k: v for k, v in uncond.items() if k != "context"})
         if float(guidance_scale) == 1.0:
             uncond = None
         if latents is None:
