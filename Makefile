@@ -28,7 +28,7 @@ test-all: $(STAMP)
 
 # In dependency order: t2i.py reads t2i_speed.py's results, gsir_parts.py re-evaluates gsir.py's models.
 # gsir_cuda.py needs a GPU and gsplat: `make bench-cuda` on such a machine (benchmarks/cuda_checks.sh).
-BENCH_SCRIPTS := diffusion t2i_speed t2i train_engine longexp gsir_raster gsir_normal_floor gsir gsir_ablation gsir_parts
+BENCH_SCRIPTS := diffusion t2i_speed t2i train_engine video longexp gsir_raster gsir_normal_floor gsir gsir_ablation gsir_parts
 
 bench: $(STAMP)
 	set -e; for f in $(BENCH_SCRIPTS); do echo "== benchmarks/$$f.py"; $(PY) benchmarks/$$f.py; done

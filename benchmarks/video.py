@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,30 +59,6 @@ def ensure_trained(work: Path, name: str, args) -> dict:
     print("training:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads(summary.read_text())
-
-
-def eval_set(args):
-    """The unseen-subject clips every model is given: the real batch (truth), references, prompts, noise."""
-    from lumenkit.video.data import make_batch
-
-    batch = make_batch(np.random.default_rng([args.seed, 2412]), args.clips, "test", args.frames, args.size)
-    prompts = [s.caption("class") for s in batch.specs]
-    return batch, prompts
-
-
-@torch.inference_mode()
-def generate(pipe, batch, prompts, args) -> tuple[torch.Tensor, float]:
-    """Clips [N, F, 3, H, W] in [-1, 1] from `pipe` for the eval set (chunks of --chunk clips, the same start
-    noise per clip for every model), and the seconds per clip."""
-    f, h = args.frames, args.size // pipe.vae_factor
-    noise = torch.randn(len(prompts), f, pipe.latent_channels, h, h, generator=torch.Generator().manual_seed(args.seed))
-    refs = [(r.permute(1, 2, 0).numpy() + 1) / 2 for r in batch.references]
-    out, t0 = [], time.perf_counter()
-    for i in range(0, len(prompts), args.chunk):
-        sl = slice(i, i + args.chunk)
-        out.append(pipe(refs[sl], prompts[sl], num_frames=f, num_inference_steps=args.sample_steps, guidance_scale=args.scale,
-                        latents=noise[sl], progress=False))
-    return torch.cat(out) * 2 - 1, (time.perf_counter() - t0) / len(prompts)
 
 
 def save_strips(clips: dict[str, torch.Tensor], folder: Path, n: int = 4) -> None:
@@ -128,20 +103,20 @@ def main() -> None:
     ap.add_argument("--no_write", action="store_true", help="print only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from lumenkit.video.evaluate import EvaluatorConfig, train_evaluators
+    from lumenkit.video.evaluate import EvaluatorConfig, eval_set, score_pipeline, train_evaluators
     from lumenkit.video.pipeline import load_trained
 
     work = Path(args.work)
     summaries = {name: ensure_trained(work, name, args) for name in VARIANTS}
     ev = train_evaluators(work / "evaluators", EvaluatorConfig(size=args.size, frames=args.frames))
-    batch, prompts = eval_set(args)
+    batch, prompts = eval_set(args.clips, args.seed, args.frames, args.size)
     truth = (batch.identity_ids, batch.motion_ids)
     rows = {"real": ev.score(batch.videos, batch.references, *truth)}
     clips, speed = {"real": batch.videos}, {}
     for name in VARIANTS:
         pipe = load_trained(work / name)
-        clips[name], speed[name] = generate(pipe, batch, prompts, args)
-        rows[name] = ev.score(clips[name], batch.references, *truth)
+        rows[name], clips[name], speed[name] = score_pipeline(pipe, ev, batch, prompts, steps=args.sample_steps, scale=args.scale,
+                                                              seed=args.seed, chunk=args.chunk)
         print(name, {k: round(v, 4) for k, v in rows[name].items()}, f"{speed[name]:.2f} s/clip", flush=True)
     save_strips(clips, work / "strips")
     checks = targets(rows)

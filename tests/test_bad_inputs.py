@@ -46,6 +46,9 @@ CASES = [
     ("t2i-convert-garbage-pth", ["t2i", "convert", "--checkpoint_path", "{garbage_pth}", "--dump_path", "{out}"],
      "{garbage_pth}: not a PyTorch checkpoint", "out"),
     ("t2i-evaluate-n-prompts", ["t2i", "evaluate", "--n-prompts", "1", "--out", "{out}"], "--n-prompts 1", "out"),
+    # ---- video evaluate (sample / train / data: tests/video/test_cli.py)
+    ("video-evaluate-clips", ["video", "evaluate", "--clips", "0", "-o", "{out}/s.json"], "--clips 0", "out"),
+    ("video-evaluate-model", ["video", "evaluate", "--model", "{empty}/nope", "-o", "{out}/s.json"], "--model", "out"),
     # ---- longexp synth / run / evaluate
     ("longexp-run-threads", ["longexp", "run", "{burst}", "--threads", "-1", "-o", "{out}/x.png"], "--threads -1", "out"),
     ("longexp-run-garbage-mp4", ["longexp", "run", "{garbage_mp4}", "-o", "{out}/x.png"], "{garbage_mp4}: not a readable video", "out"),

@@ -184,3 +184,30 @@ def test_default_config_targets(tmp_path):
     row = E.real_clip_scores(ev, 64, seed=3)
     assert row["identity_top1"] >= 0.9 and row["motion_accuracy"] >= 0.9
     assert set(identity_ids("test").tolist()) >= set(clips.identity_ids.tolist())
+
+
+def test_score_pipeline_scores_what_the_pipeline_returns_in_order(trained):
+    """A stand-in pipeline that returns the real clips of the prompts it is asked for: score_pipeline's row
+    is then the instruments' score of the real clips (chunking, order and the [0, 1] -> [-1, 1] scale are right),
+    and every chunk gets its own slice of one seeded start noise."""
+    ev, _ = trained
+    batch, prompts = E.eval_set(10, seed=3, frames=4, size=32)
+    assert all(p.split()[1] == s.identity.shape for p, s in zip(prompts, batch.specs))  # class-level prompts
+    seen = []
+
+    class Truth:
+        vae_factor, latent_channels = 8, 4
+
+        def __call__(self, refs, chunk_prompts, *, latents, **kw):
+            seen.append(latents.clone())
+            start = sum(len(x) for x in seen[:-1])
+            assert list(chunk_prompts) == prompts[start:start + len(chunk_prompts)]
+            assert np.allclose(refs[0], (batch.references[start].permute(1, 2, 0).numpy() + 1) / 2)
+            return (batch.videos[start:start + len(chunk_prompts)] + 1) / 2
+
+    row, clips, seconds = E.score_pipeline(Truth(), ev, batch, prompts, seed=5, chunk=4)
+    want = ev.score(batch.videos, batch.references, batch.identity_ids, batch.motion_ids)
+    assert torch.allclose(clips, batch.videos, atol=1e-6) and seconds >= 0
+    assert all(abs(row[k] - want[k]) < 1e-6 for k in E.SCORE_KEYS)
+    noise = torch.cat(seen)
+    assert noise.shape == (10, 4, 4, 4, 4) and torch.equal(noise, torch.randn(10, 4, 4, 4, 4, generator=torch.Generator().manual_seed(5)))

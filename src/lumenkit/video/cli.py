@@ -1,4 +1,4 @@
-"""`lumenkit video <verb>`: sample, data, train (+ the demo section).
+"""`lumenkit video <verb>`: sample, data, train, evaluate (+ the demo section).
 
     lumenkit video sample --ref IMG --prompt "a red star with blue stripes moves left" --frames 8 --steps 30 \
                           --scale 8 --seed 0 -o out.mp4          # also out.gif; out_strip.png beside it
@@ -6,6 +6,7 @@
     lumenkit video sample ... --model TRAIN_OUT                  # the folder `lumenkit video train --out` wrote
     lumenkit video data -o DIR --n 64                            # synthetic clips (PNG folders + metadata.jsonl)
     lumenkit video train --out DIR [--steps N ...]               # every VideoTrainConfig field is a flag (--help)
+    lumenkit video evaluate --model TRAIN_OUT [--clips 64] -o scores.json   # the paper's Table 3 columns, unseen subjects
 
 The flags of sample and data come from the dataclasses SampleConfig (below) and video.data.DataConfig, those
 of train from video.train.VideoTrainConfig. Every config checks its values
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lumenkit import registry
-from lumenkit.common.config import add_config_arguments, check, check_range, config_from_args, param
+from lumenkit.common.config import add_config_arguments, check, check_range, config_from_args, config_to_dict, param
 from lumenkit.common.device import add_device_arg, add_threads_arg, fit_threads_to_load, resolve_device, torch_threads
 from lumenkit.common.errors import LumenkitError
 from lumenkit.diffusion import SAMPLERS
@@ -104,6 +105,11 @@ def register(subparsers) -> None:
     add_device_arg(s)
     s.set_defaults(func=sample_main)
 
+    e = verbs.add_parser("evaluate", help="score a model on unseen subjects: identity, colour, motion, temporal, dynamic")
+    add_config_arguments(e, EvaluateConfig)
+    add_device_arg(e)
+    e.set_defaults(func=evaluate_main)
+
     d = verbs.add_parser("data", help="write synthetic clips (frames, masks, reference, strip PNGs + metadata.jsonl)")
     add_config_arguments(d, DataConfig)
     d.set_defaults(func=data_main)
@@ -117,6 +123,28 @@ def register(subparsers) -> None:
     add_device_arg(t)
     add_config_arguments(t, VideoTrainConfig)
     t.set_defaults(func=train_main)
+
+
+@dataclass
+class EvaluateConfig:
+    """`lumenkit video evaluate`: a model's row of the table on unseen test subjects (lumenkit.video.evaluate)."""
+
+    model: str | None = param(None, "a `lumenkit video train --out` folder; unset: the shipped model")
+    evaluators: str = param("outputs/video/evaluators", "folder of the instruments (trained there on real clips when absent, ~3 min)")
+    out: str = param("outputs/video/scores.json", "the scores (JSON)", short="-o")
+    clips: int = param(64, "unseen-subject clips to generate and score")
+    steps: int = param(25, "DDIM sampling steps")
+    scale: float = param(8.0, "classifier-free guidance scale")
+    seed: int = param(0, "seed of the eval set and of the start noise")
+    chunk: int = param(16, "clips per sampling batch")
+
+    def __post_init__(self) -> None:
+        for name in ("clips", "steps", "chunk"):
+            _check_int(name, getattr(self, name), 1)
+        check_range("scale", self.scale, 0.0)
+        check(Path(self.out).suffix == ".json", "out", self.out, "must end in .json")
+        if self.model is not None:
+            check(Path(self.model).is_dir(), "model", self.model, "no such folder")
 
 
 # ------------------------------------------------------------------------------------------ verbs
@@ -156,6 +184,29 @@ def run_sample(cfg: SampleConfig, device="cpu") -> list[Path]:
     if cfg.strip:
         written.append(write_video(strip_path(cfg.out), frames))
     return written
+
+
+def evaluate_main(args) -> int:
+    from lumenkit.common.fileio import atomic_write_json
+    from lumenkit.video import evaluate as E
+    from lumenkit.video import pipeline as P
+
+    cfg = config_from_args(EvaluateConfig, args)
+    device = resolve_device(args.device)
+    with torch_threads(0):
+        fit_threads_to_load()
+        pipe = P.load_trained(cfg.model, device=device) if cfg.model else P.load_shipped(device)
+        size = pipe.default_size()
+        ev = E.train_evaluators(cfg.evaluators, E.EvaluatorConfig(size=size))
+        batch, prompts = E.eval_set(cfg.clips, cfg.seed, ev.config.frames, size)
+        row, _, seconds = E.score_pipeline(pipe, ev, batch, prompts, steps=cfg.steps, scale=cfg.scale, seed=cfg.seed, chunk=cfg.chunk)
+        real = E.real_clip_scores(ev, cfg.clips, cfg.seed, size=size)
+    result = {"model": cfg.model or "shipped", "scores": row, "real_clip_scores": real, "sample_s_per_clip": seconds,
+              "config": config_to_dict(cfg)}
+    atomic_write_json(cfg.out, result)
+    print(json.dumps({"scores": row, "real_clip_scores": real, "sample_s_per_clip": round(seconds, 3)}, indent=1))
+    print(f"wrote {cfg.out}")
+    return 0
 
 
 def data_main(args) -> int:

@@ -577,3 +577,30 @@ def heldout_accuracy(evaluators: Evaluators, n: int = 128, seed: int = 10_000) -
     out["still_called_dynamic"] = float(dyn[still].float().mean()) if still.any() else float("nan")
     out["moving_called_dynamic"] = float(dyn[~still].float().mean()) if (~still).any() else float("nan")
     return out
+
+
+# ------------------------------------------------------------------------------------------ a model's row
+def eval_set(n: int, seed: int = 0, frames: int = 8, size: int = 32):
+    """The unseen-subject clips a model is scored on: real TEST clips (truth) and their class-level prompts
+    ("a star moves left": the identity must come from the reference) -> (VideoBatch, prompts)."""
+    batch = make_batch(np.random.default_rng([seed, 2412]), n, "test", frames, size)
+    return batch, [s.caption("class") for s in batch.specs]
+
+
+@torch.no_grad()
+def score_pipeline(pipe, evaluators: Evaluators, batch, prompts: list[str], *, steps: int = 25, scale: float = 8.0,
+                   seed: int = 0, chunk: int = 16) -> tuple[dict[str, float], torch.Tensor, float]:
+    """Generate one clip per (reference, prompt) of the eval set with `pipe` (lumenkit.video.pipeline; DDIM
+    `steps`, guidance `scale`, start noise [N, F, C, h, w] drawn from `seed`, so every model gets the same),
+    `chunk` clips per batch -> (Evaluators.score row, clips [N, F, 3, H, W] in [-1, 1], seconds per clip)."""
+    f, size = batch.videos.shape[1], batch.videos.shape[-1]
+    h = size // pipe.vae_factor
+    noise = torch.randn(len(prompts), f, pipe.latent_channels, h, h, generator=torch.Generator().manual_seed(seed))
+    refs = [(r.permute(1, 2, 0).numpy() + 1) / 2 for r in batch.references]
+    out, t0 = [], time.perf_counter()
+    for i in range(0, len(prompts), chunk):
+        out.append(pipe(refs[i:i + chunk], prompts[i:i + chunk], num_frames=f, num_inference_steps=steps,
+                        guidance_scale=scale, latents=noise[i:i + chunk], progress=False))
+    seconds = (time.perf_counter() - t0) / len(prompts)
+    clips = torch.cat(out) * 2 - 1
+    return evaluators.score(clips, batch.references, batch.identity_ids, batch.motion_ids), clips, seconds
