@@ -45,7 +45,8 @@ METRICS = ("identity_top1", "identity_similarity", "sprite_colour_similarity", "
 
 def train_command(work: Path, name: str, args) -> list[str]:
     return [sys.executable, "-m", "lumenkit", "video", "train", "--out", str(work / name), "--size", str(args.size),
-            "--frames", str(args.frames), "--steps", str(args.steps), "--seed", "0", "--threads", "1", *VARIANTS[name][1]]
+            "--frames", str(args.frames), "--batch_size", str(args.batch_size), "--steps", str(args.steps), "--seed", "0",
+            "--threads", "1", *VARIANTS[name][1]]
 
 
 def ensure_trained(work: Path, name: str, args) -> dict:
@@ -90,11 +91,13 @@ def targets(rows: dict[str, dict]) -> list[tuple[str, bool, str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "video_bench"), help="training folders (kept; resumable)")
-    ap.add_argument("--steps", type=int, default=2000, help="training steps of every model")
-    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--work", default=str(ROOT / "outputs" / "video_bench64"), help="training folders (kept; resumable)")
+    ap.add_argument("--steps", type=int, default=900, help="training steps of every model")
+    ap.add_argument("--batch_size", type=int, default=4, help="training clips per step")
+    ap.add_argument("--size", type=int, default=64, help="frame size (the shipped t2i model makes garbage below 64 px)")
     ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--clips", type=int, default=64, help="unseen-subject clips per model")
+    ap.add_argument("--clips", type=int, default=32, help="unseen-subject clips per model")
+    ap.add_argument("--evaluators", default="", help="instrument folder ('' = the shipped ones, lumenkit.video.evaluate)")
     ap.add_argument("--sample_steps", type=int, default=25)
     ap.add_argument("--scale", type=float, default=8.0, help="classifier-free guidance scale")
     ap.add_argument("--chunk", type=int, default=16, help="clips per sampling batch")
@@ -108,7 +111,9 @@ def main() -> None:
 
     work = Path(args.work)
     summaries = {name: ensure_trained(work, name, args) for name in VARIANTS}
-    ev = train_evaluators(work / "evaluators", EvaluatorConfig(size=args.size, frames=args.frames))
+    from lumenkit.video.evaluate import SHIPPED_EVALUATORS
+
+    ev = train_evaluators(args.evaluators or SHIPPED_EVALUATORS, EvaluatorConfig(frames=args.frames))
     batch, prompts = eval_set(args.clips, args.seed, args.frames, args.size)
     truth = (batch.identity_ids, batch.motion_ids)
     rows = {"real": ev.score(batch.videos, batch.references, *truth)}
@@ -136,14 +141,14 @@ def main() -> None:
         f"{args.clips} clips of unseen test subjects (never in training), {args.frames} frames at {args.size} px, one reference + a "
         f"class-level prompt each (\"a star moves left\": the identity must come from the reference); the same references, "
         f"prompts and start noise for every model; DDIM {args.sample_steps} steps, guidance {args.scale}. Every model: "
-        f"{args.steps} steps of batch 8 on the shipped shapes t2i model + a fresh shapes motion adapter, seed 0, "
-        "`lumenkit video train --size {size} --steps {steps}` + its flag; train s/step is each run's own (five runs shared the "
+        f"{args.steps} steps of batch {args.batch_size} on the shipped shapes t2i model + a fresh shapes motion adapter, seed 0, "
+        "`lumenkit video train --size {size} --batch_size {batch} --steps {steps}` + its flag; train s/step is each run's own (five runs shared the "
         "2 cores). Instruments (lumenkit.video.evaluate), trained on real clips of train subjects: identity top-1 = the "
         "attribute classifier's best of the 260 test identities; identity similarity = cosine of the identity network's "
         "features, frames vs reference; sprite colour similarity = palette-histogram intersection inside the predicted "
         "subject mask vs the true sprite; motion accuracy = the motion classifier agrees with the prompt; temporal "
         "consistency = cosine of consecutive frames' features; dynamic degree = share of clips with optical flow above the "
-        "threshold (Farneback).\n\n".format(size=args.size, steps=args.steps) + table + "\n\nTargets (issue 20):\n" + check_lines
+        "threshold (Farneback).\n\n".format(size=args.size, steps=args.steps, batch=args.batch_size) + table + "\n\nTargets (issue 20):\n" + check_lines
         + f"\n\n_Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end._")
     print(body)
     if not args.no_write:

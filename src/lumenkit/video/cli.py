@@ -130,7 +130,8 @@ class EvaluateConfig:
     """`lumenkit video evaluate`: a model's row of the table on unseen test subjects (lumenkit.video.evaluate)."""
 
     model: str | None = param(None, "a `lumenkit video train --out` folder; unset: the shipped model")
-    evaluators: str = param("outputs/video/evaluators", "folder of the instruments (trained there on real clips when absent, ~3 min)")
+    evaluators: str = param("", "folder of the instruments: '' = the shipped ones (32 px; larger clips are resized); a folder "
+                                "without them is trained into (real train-subject clips, ~3 min)")
     out: str = param("outputs/video/scores.json", "the scores (JSON)", short="-o")
     clips: int = param(64, "unseen-subject clips to generate and score")
     steps: int = param(25, "DDIM sampling steps")
@@ -197,7 +198,7 @@ def evaluate_main(args) -> int:
         fit_threads_to_load()
         pipe = P.load_trained(cfg.model, device=device) if cfg.model else P.load_shipped(device)
         size = pipe.default_size()
-        ev = E.train_evaluators(cfg.evaluators, E.EvaluatorConfig(size=size))
+        ev = E.train_evaluators(cfg.evaluators or E.SHIPPED_EVALUATORS, E.EvaluatorConfig(), progress=True)
         batch, prompts = E.eval_set(cfg.clips, cfg.seed, ev.config.frames, size)
         row, _, seconds = E.score_pipeline(pipe, ev, batch, prompts, steps=cfg.steps, scale=cfg.scale, seed=cfg.seed, chunk=cfg.chunk)
         real = E.real_clip_scores(ev, cfg.clips, cfg.seed, size=size)

@@ -66,6 +66,7 @@ IDENTITY_FILE, MOTION_FILE, META_FILE = "identity_net.safetensors", "motion_net.
 FORMAT = "lumenkit-video-evaluators-1"
 PALETTE_IN = len(COLOURS) + 1  # palette_channels given to IdentityNet
 CROP_REACH = 1.6  # polar grid reach / subject_box radius (covers the circumradius of every shape)
+SHIPPED_EVALUATORS = Path(__file__).resolve().parent / "pretrained" / "evaluators"  # EvaluatorConfig() defaults, 32 px
 SCORE_KEYS = ("identity_top1", "identity_similarity", "sprite_colour_similarity", "motion_accuracy",
               "temporal_consistency", "dynamic_degree")
 

@@ -41,7 +41,14 @@ parameters of which 2.1 M trainable; batch 8, 8 frames, steady s/step over steps
 64 px (16x16 latents) fp32: 1.5 s/step on 2 threads with the CPU otherwise quiet, 2.4-2.9 s/step on
 1 thread, 12 s/step on 2 threads with the CPU oversubscribed (load 4-5: use --threads 1 then); bf16
 autocast: 25 s/step (1 thread), 51 (2 threads, loaded) -- hence mixed_precision "no" by default here.
-32 px (8x8 latents) fp32, 1 thread: 0.8 s/step.
+32 px (8x8 latents) fp32, 1 thread: 0.8 s/step -- but the shipped t2i model, trained at 64 px, makes
+formless blobs at 32 px (and half-formed sprites at 48), and its frozen ResBlocks stay so: five models
+trained 1600 steps at 32 px all sampled blobs. Train at 64 px on it (a base trained at 32 px would do 32).
+
+Baselines (lumenkit.video.baselines, ``--conditioning``): ``none`` is baseline (a), text-to-video with
+L_video alone on the F frames; ``ip_adapter`` is baseline (b), the pooled reference embedding through
+decoupled cross-attention, L_video alone; both draw the same clips and noises as VideoMaker (the same
+``draws``), so every variant of one seed sees the same data.
 """
 from __future__ import annotations
 
@@ -79,7 +86,7 @@ class VideoTrainConfig(TrainConfig):
     motion_adapter: str = param("", "diffusers MotionAdapter folder to start from; '' = a fresh zero-initialised one of --motion_preset")
     motion_preset: MotionPreset = param("shapes", "size of a fresh motion adapter (lumenkit.video.models.MOTION_PRESETS)")
     frames: int = param(8, "video frames per clip (F; the UNet sees F + 1 with the reference)")
-    size: int = param(64, "frame size in px (the shipped model was trained at 64: its VAE gives 16x16 latents)")
+    size: int = param(64, "frame size in px (the shipped t2i model was trained at 64 and makes blobs at 32: keep 64 on it)")
     alpha: float = param(REMINDER_ALPHA, "GIR reminder noise: the reference is noised at t' = alpha * t")
     beta: float = param(REG_BETA, "weight of the GIR loss L_reg (0 = VideoMaker without GIR, baseline (c))")
     train_motion: bool = param(True, "train the motion modules too (off = spatial attn1 only, baseline (d))")
