@@ -11,21 +11,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lumenkit.common.errors import LumenkitError
 from lumenkit.video import baselines as BL
 from lumenkit.video import train as T
 from lumenkit.video.data import IDENTITIES, class_caption, make_batch
 from lumenkit.video.models import is_motion_module, is_spatial_self_attention, video_eps
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,9 @@ from lumenkit.video.data import IDENTITIES, MOTIONS, identity_ids, make_batch, r
 STILL = MOTIONS.index("still")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Evaluators at a reduced budget (~25 s on one thread) and their folder."""
-    torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("video_evaluators")
     cfg = E.EvaluatorConfig(frames=4, steps=90, motion_steps=150, frames_per_clip=2, n_heldout=32)
     return E.train_evaluators(folder, cfg, progress=False), folder

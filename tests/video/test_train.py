@@ -16,15 +16,6 @@ from lumenkit.video import train as T
 from lumenkit.video.models import is_motion_module, is_spatial_self_attention, load_videomaker_weights, video_eps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: the shared 2-core CPU ran these small models ~10x slower with 2 threads under load."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny random SD saved as a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
