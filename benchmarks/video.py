@@ -40,7 +40,6 @@ VARIANTS = {  # name: (label, flags of `lumenkit video train` beyond the shared 
     "e_full": ("(e) VideoMaker (GIR + motion)", []),
 }
 MOTION_CHANCE, IDENTITY_CHANCE = 1 / 8, 1 / 260  # uniform guesses among the 8 motions / 260 test identities
-METRICS = ("identity_top1", "identity_similarity", "sprite_colour_similarity", "motion_accuracy", "temporal_consistency", "dynamic_degree")
 
 
 RESULTS = ROOT / "benchmarks" / "results" / "video.json"
