@@ -152,14 +152,12 @@ def main() -> None:
             write_section("video", body, title=TITLE)
         return
     torch.set_num_threads(args.threads)
-    from lumenkit.video.evaluate import EvaluatorConfig, eval_set, score_pipeline, train_evaluators
+    from lumenkit.video.evaluate import eval_set, evaluators_at, score_pipeline
     from lumenkit.video.pipeline import load_trained
 
     work = Path(args.work)
     summaries = {name: ensure_trained(work, name, args) for name in VARIANTS}
-    from lumenkit.video.evaluate import SHIPPED_EVALUATORS
-
-    ev = train_evaluators(args.evaluators or SHIPPED_EVALUATORS, EvaluatorConfig(frames=args.frames))
+    ev = evaluators_at(args.evaluators)
     batch, prompts = eval_set(args.clips, args.seed, args.frames, args.size)
     truth = (batch.identity_ids, batch.motion_ids)
     rows = {"real": ev.score(batch.videos, batch.references, *truth)}

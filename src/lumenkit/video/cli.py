@@ -198,7 +198,7 @@ def evaluate_main(args) -> int:
         fit_threads_to_load()
         pipe = P.load_trained(cfg.model, device=device) if cfg.model else P.load_shipped(device)
         size = pipe.default_size()
-        ev = E.train_evaluators(cfg.evaluators or E.SHIPPED_EVALUATORS, E.EvaluatorConfig(), progress=True)
+        ev = E.evaluators_at(cfg.evaluators)
         batch, prompts = E.eval_set(cfg.clips, cfg.seed, ev.config.frames, size)
         row, _, seconds = E.score_pipeline(pipe, ev, batch, prompts, steps=cfg.steps, scale=cfg.scale, seed=cfg.seed, chunk=cfg.chunk)
         real = E.real_clip_scores(ev, cfg.clips, cfg.seed, size=size)

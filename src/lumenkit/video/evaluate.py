@@ -581,6 +581,12 @@ def heldout_accuracy(evaluators: Evaluators, n: int = 128, seed: int = 10_000) -
 
 
 # ------------------------------------------------------------------------------------------ a model's row
+def evaluators_at(folder: str | Path = "", progress: bool = True) -> Evaluators:
+    """'' -> the shipped instruments (read, never trained into the package); a folder -> train_evaluators
+    there with the default config (loaded when it already holds them)."""
+    return load_evaluators(SHIPPED_EVALUATORS) if not folder else train_evaluators(folder, EvaluatorConfig(), progress)
+
+
 def eval_set(n: int, seed: int = 0, frames: int = 8, size: int = 32):
     """The unseen-subject clips a model is scored on: real TEST clips (truth) and their class-level prompts
     ("a star moves left": the identity must come from the reference) -> (VideoBatch, prompts)."""
