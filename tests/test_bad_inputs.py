@@ -36,6 +36,8 @@ CASES = [
      "--mixed_precision 'fp16': needs a CUDA GPU", "out"),
     ("t2i-train-batch-accum", ["t2i", "train", "unet", "--out", "{out}", "--batch_size", "10", "--gradient_accumulation_steps", "3"],
      "--batch_size 10: must be divisible by --gradient_accumulation_steps 3", "out"),
+    ("t2i-train-vae-decoder-finetune", ["t2i", "train", "vae-decoder", "--out", "{out}", "--finetune"],
+     "--decoder_only and --finetune exclude each other", "out"),
     ("t2i-sample-H", ["t2i", "sample", "--H", "-16", "--prompt", "x", "--outdir", "{out}"], "--H -16", "out"),
     ("t2i-sample-truncated-safetensors", ["t2i", "sample", "--prompt", "x", "--ckpt", "{truncated}", "--outdir", "{out}"],
      "{truncated}: not a valid safetensors file", "out"),
@@ -48,6 +50,7 @@ CASES = [
     ("t2i-evaluate-n-prompts", ["t2i", "evaluate", "--n-prompts", "1", "--out", "{out}"], "--n-prompts 1", "out"),
     # ---- video evaluate (sample / train / data: tests/video/test_cli.py)
     ("video-evaluate-clips", ["video", "evaluate", "--clips", "0", "-o", "{out}/s.json"], "--clips 0", "out"),
+    ("video-base-motion-frames", ["video", "base", "motion", "--out", "{out}", "--frames", "0"], "--frames 0", "out"),
     ("video-evaluate-model", ["video", "evaluate", "--model", "{empty}/nope", "-o", "{out}/s.json"], "--model", "out"),
     # ---- longexp synth / run / evaluate
     ("longexp-run-threads", ["longexp", "run", "{burst}", "--threads", "-1", "-o", "{out}/x.png"], "--threads -1", "out"),

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lumenkit.common.config import config_from_dict, config_to_dict, param, read_json
+from lumenkit.common.config import ConfigError, config_from_dict, config_to_dict, param, read_json
 from lumenkit.common.errors import LumenkitError
 from lumenkit.common.fileio import atomic_dir, atomic_write_json, save_pretrained_atomic
 from lumenkit.common.train_loop import TrainConfig, TrainResult, batch_rng, make_accelerator, torch_gen, train
@@ -86,7 +86,13 @@ class VaeConfig(StageConfig):
     mse_weight: float = param(1.0, "weight of the MSE beside the L1 reconstruction loss")
     crop: int = param(32, "train on random crops of this size (the VAE is convolutional; 0 = whole 64x64 images)")
     decoder_only: bool = param(False, "fine-tune only the decoder of OUT/vae (latents unchanged, as SD's ft-MSE VAE)")
+    finetune: bool = param(False, "start from OUT/vae and train all of it (a new domain; scaling_factor recomputed)")
     eval_images: int = param(256, "fresh images for the final PSNR and the latent std (scaling_factor)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.decoder_only and self.finetune:
+            raise ConfigError("--decoder_only and --finetune exclude each other (decoder alone, or all of OUT/vae)")
 
 
 @dataclass
@@ -103,6 +109,7 @@ class UnetConfig(StageConfig):
     # The shapes world's backgrounds are whole-image colours, i.e. latent channel means of +-1.8; with plain
     # eps-prediction the sampler shrank them to ~60% (white came out pink), measured at step 1900.
     noise_offset: float = param(0.1, "offset noise: eps += offset x N(0, 1) per sample and channel")
+    finetune: bool = param(False, "start from OUT/unet (live and EMA weights) instead of a fresh UNet")
 
 
 @dataclass
@@ -277,11 +284,19 @@ class VaeReconstruction(torch.nn.Module):
         return rec.float(), post.kl().float()
 
 
-def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.device = "cpu", progress: bool = True) -> dict:
+def shapes_images(rng: np.random.Generator, n: int) -> torch.Tensor:
+    """n shapes-world images [n, 3, 64, 64] in [-1, 1] (both splits): what the VAE trains on by default."""
+    return D.make_batch(rng, n, "all").images
+
+
+def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.device = "cpu", progress: bool = True,
+            images=shapes_images) -> dict:
     """AutoencoderKL training; writes out/vae (save_pretrained, scaling_factor = 1/std of latents).
 
     With cfg.decoder_only, fine-tunes the decoder of the existing out/vae with the encoder frozen, so
-    the latents (and a UNet trained on them) stay valid; scaling_factor is kept.
+    the latents (and a UNet trained on them) stay valid; scaling_factor is kept. With cfg.finetune, all of
+    out/vae is trained further (e.g. on another world's images) and scaling_factor is recomputed.
+    images(rng, n) -> [n, 3, H, W] in [-1, 1]: the training and evaluation images (default: shapes_images).
     """
     from lumenkit.common.metrics import psnr
     from lumenkit.t2i.models import build_vae
@@ -291,15 +306,16 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
     out = Path(out)
     model_cfg = shapes_model_config(cfg.preset)
     torch.manual_seed(cfg.seed)
-    if cfg.decoder_only:
+    if cfg.decoder_only or cfg.finetune:
         from diffusers import AutoencoderKL
 
         if not (out / "vae" / "config.json").is_file():
             raise LumenkitError(f"{out}: no vae/ to fine-tune: run `lumenkit t2i train vae --out {out}` first")
         vae = AutoencoderKL.from_pretrained(out / "vae").to(device)
-        vae.encoder.requires_grad_(False)
-        if vae.quant_conv is not None:
-            vae.quant_conv.requires_grad_(False)
+        if cfg.decoder_only:
+            vae.encoder.requires_grad_(False)
+            if vae.quant_conv is not None:
+                vae.quant_conv.requires_grad_(False)
     else:
         vae = build_vae(model_cfg).to(device)
 
@@ -307,8 +323,7 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
     latent_channels = vae.config.latent_channels
 
     def loss_fn(model, step: int, rows: slice) -> torch.Tensor:
-        b = D.make_batch(batch_rng(cfg.seed, step), cfg.batch_size, "all")
-        x = b.images
+        x = images(batch_rng(cfg.seed, step), cfg.batch_size)
         if 0 < cfg.crop < x.shape[-1]:
             oy, ox = (torch.randint(0, (x.shape[-1] - cfg.crop) // f + 1, (2,), generator=torch_gen(cfg.seed + 1, step)) * f).tolist()
             x = x[..., oy : oy + cfg.crop, ox : ox + cfg.crop]
@@ -318,17 +333,17 @@ def run_vae(out: str | Path, cfg: VaeConfig | None = None, device: str | torch.d
         kl = kl.mean() / x[0].numel()  # per pixel value, like the per-pixel rec. loss (SD's ratio)
         return (rec - x).abs().mean() + cfg.mse_weight * F.mse_loss(rec, x) + cfg.kl_weight * kl
 
-    name = "vae_decoder" if cfg.decoder_only else "vae"
+    name = "vae_decoder" if cfg.decoder_only else "vae_finetune" if cfg.finetune else "vae"
     res = train(name, out / f"{name}_train", cfg, VaeReconstruction(vae), loss_fn, device=device, progress=progress)
     vae.eval()
     # scaling factor: 1 / std of posterior samples, as in SD (0.18215 for their VAE)
     with torch.no_grad():
-        b = D.make_batch(np.random.default_rng(cfg.seed + 777), cfg.eval_images, "all")
-        post = vae.encode(b.images.to(device)).latent_dist
+        x = images(np.random.default_rng(cfg.seed + 777), cfg.eval_images)
+        post = vae.encode(x.to(device)).latent_dist
         z = post.sample(generator=torch.Generator(device=device).manual_seed(0))
         std = float(z.std())
         rec = vae.decode(post.mean).sample.clamp(-1, 1)
-        p = psnr((rec.cpu() + 1) / 2, (b.images + 1) / 2)
+        p = psnr((rec.cpu() + 1) / 2, (x + 1) / 2)
     if not cfg.decoder_only:
         vae.register_to_config(scaling_factor=1.0 / std)
     export_on_main(lambda: save_pretrained_atomic(vae, out / "vae"))
@@ -379,6 +394,13 @@ def encode_latent_cache(vae, n: int, seed: int, device, batch: int = 256, progre
     return torch.cat(means), torch.cat(stds), torch.from_numpy(idx)
 
 
+def shapes_latents(vae, n: int, seed: int, device, progress: bool = True):
+    """The UNet's training set on the shapes world: n train-split images encoded by `vae` ->
+    (posterior mean [n, C, h, w], std [n, C, h, w], caption index [n], captions: list[str])."""
+    mean, std, idx = encode_latent_cache(vae, n, seed, device, progress=progress)
+    return mean, std, idx, [s.caption() for s in D.all_scenes("train")]
+
+
 def training_noise(shape: torch.Size, generator: torch.Generator, offset: float = 0.0) -> torch.Tensor:
     """eps [B, C, h, w] ~ N(0, 1) plus, with offset > 0, one N(0, offset^2) constant per sample and channel."""
     eps = torch.randn(shape, generator=generator)
@@ -387,9 +409,12 @@ def training_noise(shape: torch.Size, generator: torch.Generator, offset: float 
     return eps
 
 
-def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch.device = "cpu", progress: bool = True) -> dict:
+def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch.device = "cpu", progress: bool = True,
+             latents=shapes_latents) -> dict:
     """Noise-prediction training of the UNet on frozen-VAE latents and frozen-CLIP contexts; writes
-    out/unet (EMA weights, save_pretrained) and out/unet_train/ (checkpoints)."""
+    out/unet (EMA weights, save_pretrained) and out/unet_train/ (checkpoints). With cfg.finetune the UNet
+    (and its EMA) start from out/unet. latents(vae, n, seed, device, progress) -> (mean, std, caption
+    index [n], captions): the training set (default: shapes_latents)."""
     from diffusers import AutoencoderKL
 
     from lumenkit.t2i.models import build_unet
@@ -405,24 +430,32 @@ def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch
     vae = AutoencoderKL.from_pretrained(out / "vae").to(device).eval()
     sf = float(vae.config.scaling_factor)
     t_enc = time.perf_counter()
-    mean, std, scene_idx = encode_latent_cache(vae, cfg.n_latents, cfg.seed, device, progress=progress)
-    train_scenes = D.all_scenes("train")
-    contexts = encode_prompts(te, tok, [s.caption() for s in train_scenes] + [""], device).float().cpu()  # [S+1, K, E]
+    mean, std, caption_idx, captions = latents(vae, cfg.n_latents, cfg.seed, device, progress)
+    contexts = torch.cat([encode_prompts(te, tok, chunk, device).float().cpu()  # [S+1, K, E]
+                          for chunk in _chunks(captions + [""], 1024)])
     cache_seconds = time.perf_counter() - t_enc
     del vae, te
     a_bar = alphas_cumprod(model_cfg)
     T = a_bar.numel()
     torch.manual_seed(cfg.seed)
-    unet = build_unet(model_cfg).to(device)
-    ema = build_unet(model_cfg).to(device).requires_grad_(False)
-    null_idx = len(train_scenes)
+    if cfg.finetune:
+        from diffusers import UNet2DConditionModel
+
+        if not (out / "unet" / "config.json").is_file():
+            raise LumenkitError(f"{out}: no unet/ to fine-tune: run `lumenkit t2i train unet --out {out}` first")
+        unet = UNet2DConditionModel.from_pretrained(out / "unet").to(device)
+        ema = UNet2DConditionModel.from_pretrained(out / "unet").to(device).requires_grad_(False)
+    else:
+        unet = build_unet(model_cfg).to(device)
+        ema = build_unet(model_cfg).to(device).requires_grad_(False)
+    null_idx = len(captions)
 
     def loss_fn(model, step: int, rows: slice) -> torch.Tensor:
         g = torch_gen(cfg.seed, step)  # the whole global batch is drawn, then this process's rows taken
         pick = torch.randint(0, mean.shape[0], (cfg.batch_size,), generator=g)
         z0 = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=g)) * sf
         drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
-        ctx = contexts[torch.where(drop, torch.full_like(pick, null_idx), scene_idx[pick])]
+        ctx = contexts[torch.where(drop, torch.full_like(pick, null_idx), caption_idx[pick])]
         t = torch.randint(0, T, (cfg.batch_size,), generator=g)
         eps = training_noise(z0.shape, g, cfg.noise_offset)
         ab = a_bar[t].view(-1, 1, 1, 1)
@@ -443,6 +476,10 @@ def run_unet(out: str | Path, cfg: UnetConfig | None = None, device: str | torch
 
 
 # ------------------------------------------------------------------------------------------ oracle
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
 def run_oracle(out: str | Path, cfg: OracleConfig | None = None, device: str | torch.device = "cpu", progress: bool = True) -> dict:
     """Train the attribute oracle on fresh procedural images of every combination; writes out/oracle."""
     from lumenkit.t2i.oracle import Oracle, degrade, heldout_accuracy, oracle_loss

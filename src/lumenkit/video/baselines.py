@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lumenkit.common.errors import LumenkitError
-from lumenkit.video.models import is_motion_module, is_spatial_self_attention
+from lumenkit.video.models import is_motion_module, is_spatial_cross_attention, is_spatial_self_attention
 
 CONDITIONINGS = ("pisa", "none", "ip_adapter")
 IP_TOKENS = 4  # image tokens of the projection (IP-Adapter's "num_tokens")
@@ -46,10 +46,17 @@ def is_cross_attention(name: str) -> bool:
     return ".attn2." in name and not is_motion_module(name)
 
 
-def trainable_parameter_names(unet, conditioning: str = "pisa", *, motion_modules: bool = True) -> list[str]:
+def trainable_parameter_names(unet, conditioning: str = "pisa", *, motion_modules: bool = True,
+                              cross_attention: bool = False) -> list[str]:
     """The parameters a conditioning trains (module docstring), + every motion-module parameter with
-    `motion_modules`. The names are the UNetMotionModel's own (IP-Adapter's under ``...attn2.processor.``)."""
+    `motion_modules`, + the spatial cross-attention (attn2's own to_q/k/v/out) with `cross_attention` (the
+    base's motion stage, lumenkit.video.base). The names are the UNetMotionModel's own (IP-Adapter's under
+    ``...attn2.processor.``)."""
     check_conditioning(conditioning)
+    if cross_attention:
+        inner = trainable_parameter_names(unet, conditioning, motion_modules=motion_modules)
+        extra = {n for n, _ in unet.named_parameters() if is_spatial_cross_attention(n) and ".processor." not in n}
+        return [n for n, _ in unet.named_parameters() if n in extra or n in set(inner)]
     if conditioning == "ip_adapter":
         own = lambda n: any(p in n for p in IP_PARAMETER_PARTS) or n.startswith("encoder_hid_proj.")  # noqa: E731
     else:

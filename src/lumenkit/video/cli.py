@@ -7,6 +7,7 @@
     lumenkit video data -o DIR --n 64                            # synthetic clips (PNG folders + metadata.jsonl)
     lumenkit video train --out DIR [--steps N ...]               # every VideoTrainConfig field is a flag (--help)
     lumenkit video evaluate --model TRAIN_OUT [--clips 64] -o scores.json   # the paper's Table 3 columns, unseen subjects
+    lumenkit video base vae|unet|motion --out BASE               # the base model VideoMaker starts from (video.base)
 
 The flags of sample and data come from the dataclasses SampleConfig (below) and video.data.DataConfig, those
 of train from video.train.VideoTrainConfig. Every config checks its values
@@ -124,6 +125,21 @@ def register(subparsers) -> None:
     add_config_arguments(t, VideoTrainConfig)
     t.set_defaults(func=train_main)
 
+    from lumenkit.video.base import STAGE_CONFIGS
+
+    bp = verbs.add_parser("base", help="train the video world's base model VideoMaker starts from (VAE, image UNet, "
+                                       "motion adapter: the SD + AnimateDiff analogue); resumable",
+                          description="Stages in order, one folder: vae, unet, motion (lumenkit.video.base). The motion stage "
+                                      "writes OUT/model (an SD folder) and OUT/model/motion_adapter for `video train --base/--motion_adapter`.")
+    stages = bp.add_subparsers(dest="stage", required=True, metavar="<stage>")
+    for stage, cls in STAGE_CONFIGS.items():
+        sp = stages.add_parser(stage, help=(cls.__doc__ or "").strip().splitlines()[0])
+        sp.add_argument("--out", required=True, help="the base's work folder (starts as a copy of the shipped t2i model)")
+        add_threads_arg(sp)
+        add_device_arg(sp)
+        add_config_arguments(sp, cls)
+        sp.set_defaults(func=base_main, config_class=cls)
+
 
 @dataclass
 class EvaluateConfig:
@@ -228,6 +244,17 @@ def train_main(args) -> int:
     device = resolve_device(args.device)
     with torch_threads(args.threads):
         summary = run_train(Path(args.out), cfg, device=device, progress=True)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
+    return 0
+
+
+def base_main(args) -> int:
+    from lumenkit.video.base import RUNNERS
+
+    cfg = config_from_args(args.config_class, args)
+    device = resolve_device(args.device)
+    with torch_threads(args.threads):
+        summary = RUNNERS[args.stage](Path(args.out), cfg, device=device, progress=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
     return 0
 

@@ -145,14 +145,14 @@ def drop_text(context: torch.Tensor, null_context: torch.Tensor, dropped: torch.
 
 
 # --------------------------------------------------------------------------------- trainable set
-def set_trainable(unet, train_motion: bool = True, conditioning: str = "pisa") -> list[str]:
+def set_trainable(unet, train_motion: bool = True, conditioning: str = "pisa", cross_attention: bool = False) -> list[str]:
     """requires_grad True exactly on VideoMaker's trainable parameters of `unet` (spatial attn1 outside
     motion_modules, + every motion-module parameter with `train_motion`; see
     lumenkit.video.models.videomaker_parameter_names), or a baseline conditioning's
-    (lumenkit.video.baselines.trainable_parameter_names), False elsewhere; returns their names."""
+    (lumenkit.video.baselines.trainable_parameter_names; + attn2 with cross_attention), False elsewhere; returns their names."""
     from lumenkit.video.baselines import trainable_parameter_names
 
-    names = set(trainable_parameter_names(unet, conditioning, motion_modules=train_motion))
+    names = set(trainable_parameter_names(unet, conditioning, motion_modules=train_motion, cross_attention=cross_attention))
     if not names:
         raise LumenkitError(f"{type(unet).__name__} has no spatial self-attention parameters to train")
     for n, p in unet.named_parameters():

@@ -87,6 +87,11 @@ def is_spatial_self_attention(name: str) -> bool:
     return not is_motion_module(name) and (".attn1." in name or name.endswith("attn1.processor"))
 
 
+def is_spatial_cross_attention(name: str) -> bool:
+    """Parameter name of a spatial cross-attention layer (attn2 outside motion_modules: the text path)."""
+    return not is_motion_module(name) and ".attn2." in name
+
+
 # --------------------------------------------------------------------------------- motion adapter
 def motion_adapter_config(unet_config: Any, preset: str | Mapping[str, Any] = "shapes") -> dict[str, Any]:
     """MotionAdapter kwargs for base UNet `unet_config` (a config dict or a model): block widths, layers
@@ -139,6 +144,18 @@ def zero_motion_outputs(module: torch.nn.Module) -> torch.nn.Module:
     if n == 0:
         raise LumenkitError(f"{type(module).__name__} has no motion modules to zero")
     return module
+
+
+def motion_adapter_from_video_unet(video_unet, preset: str | Mapping[str, Any] = "shapes"):
+    """The motion modules of UNetMotionModel `video_unet` as a diffusers MotionAdapter of motion preset
+    `preset` (what the video UNet was built with), loaded strictly (same names: ``down_blocks.i.motion_modules...``)."""
+    adapter = build_motion_adapter(video_unet.config, preset, zero_init=False)
+    state = {k: v for k, v in video_unet.state_dict().items() if is_motion_module(k)}
+    missing, unexpected = adapter.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LumenkitError(f"the video UNet's motion modules do not fit motion preset {preset!r} "
+                            f"({(missing or unexpected)[0]})")
+    return adapter
 
 
 def _per_block(value: Any, n: int) -> list:

@@ -90,6 +90,8 @@ class VideoTrainConfig(TrainConfig):
     alpha: float = param(REMINDER_ALPHA, "GIR reminder noise: the reference is noised at t' = alpha * t")
     beta: float = param(REG_BETA, "weight of the GIR loss L_reg (0 = VideoMaker without GIR, baseline (c))")
     train_motion: bool = param(True, "train the motion modules too (off = spatial attn1 only, baseline (d))")
+    train_cross_attention: bool = param(False, "train the spatial cross-attention (attn2) too: the base's motion stage "
+                                               "(lumenkit.video.base), not VideoMaker")
     conditioning: Literal["pisa", "none", "ip_adapter"] = param(
         "pisa", "how the reference enters: pisa = VideoMaker; none = text-to-video baseline (a); "
         "ip_adapter = pooled image embedding via decoupled cross-attention, baseline (b) (lumenkit.video.baselines)")
@@ -170,7 +172,7 @@ def build_video_model(cfg: VideoTrainConfig, device: str | torch.device = "cpu",
         if image_embed_dim is None:
             raise LumenkitError("the IP-Adapter baseline needs the image encoder's embedding size")
         install_ip_adapter(unet, image_embed_dim, seed=cfg.seed)
-    set_trainable(unet, cfg.train_motion, cfg.conditioning)
+    set_trainable(unet, cfg.train_motion, cfg.conditioning, cfg.train_cross_attention)
     return VideoDenoiser(unet)
 
 
@@ -346,7 +348,7 @@ def train_videomaker(out: str | Path, cfg: VideoTrainConfig | None = None, devic
     }
 
     def write() -> None:
-        names = trainable_parameter_names(shipped.unet, cfg.conditioning, motion_modules=True)
+        names = trainable_parameter_names(shipped.unet, cfg.conditioning, motion_modules=True, cross_attention=cfg.train_cross_attention)
         save_videomaker_weights(shipped.unet, out / WEIGHTS, names=names)
         atomic_write_json(out / "config.json", model_config(cfg))
         atomic_write_json(out / "summary.json", summary)
