@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/video.py [--work outputs/video_bench] [--clips 64] [--sample_steps 25]
 
-Five models, trained by `lumenkit video train` with the same data, budget and seeds (--steps, batch 8,
---size px, 8 frames, seed 0; only the variant's own flag differs), each into WORK/<variant>/ (trained
-there when absent; resumable):
+First the base every model starts from (lumenkit.video.base, `lumenkit video base vae|unet|motion --out BASE`:
+the shipped t2i model's VAE and UNet trained further on the video world, then a text-to-video motion stage;
+trained into --base when absent, resumable). Then five models, trained by `lumenkit video train --base
+BASE/model --motion_adapter BASE/model/motion_adapter` with the same data, budget and seeds (--steps,
+--batch_size, --size px, 8 frames, --lr, seed 0; only the variant's own flag differs), each into
+WORK/<variant>/ (trained there when absent; resumable; --jobs of them at once, one thread each):
   (a) text-to-video, no reference       --conditioning none
   (b) IP-Adapter (pooled CLIP embedding, decoupled cross-attention)  --conditioning ip_adapter
   (c) VideoMaker without the GIR loss   --beta 0
@@ -14,7 +17,9 @@ The instruments (lumenkit.video.evaluate, trained on real clips of TRAIN subject
 WORK/evaluators/) score --clips clips of unseen TEST subjects: one reference + class-level prompt
 ("a star moves left") per clip, the same references, prompts and start noise for every model, DDIM
 --sample_steps steps, guidance --scale. The "real clips" row scores the generator's own clips of those
-specs: the instruments' ceiling. Writes section "video" and benchmarks/results/video.json.
+specs: the instruments' ceiling; the two "VAE round trip" rows score those clips encoded and decoded by the
+shipped shapes VAE and by the base's (what a latent model can at best reproduce). Writes section "video" and
+benchmarks/results/video.json.
 """
 from __future__ import annotations
 
@@ -46,23 +51,66 @@ RESULTS = ROOT / "benchmarks" / "results" / "video.json"
 TITLE = "video: VideoMaker vs baselines on unseen subjects (paper Table 3 analogue)"
 
 
+BASE_STAGES = ("vae", "unet", "motion")
+
+
+def ensure_base(args) -> dict:
+    """BASE/model (+ motion_adapter/): each stage of `lumenkit video base` run unless its summary exists."""
+    import subprocess
+
+    base = Path(args.base)
+    for stage in BASE_STAGES:
+        if not (base / f"base_{stage}.json").is_file():
+            cmd = [sys.executable, "-m", "lumenkit", "video", "base", stage, "--out", str(base), "--threads", str(args.threads),
+                   *(["--size", str(args.size), "--frames", str(args.frames)] if stage == "motion" else [])]
+            print("training the base:", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+    return {s: json.loads((base / f"base_{s}.json").read_text()) for s in BASE_STAGES}
+
+
 def train_command(work: Path, name: str, args) -> list[str]:
+    model = Path(args.base) / "model"
     return [sys.executable, "-m", "lumenkit", "video", "train", "--out", str(work / name), "--size", str(args.size),
             "--frames", str(args.frames), "--batch_size", str(args.batch_size), "--steps", str(args.steps), "--seed", "0",
+            "--lr", str(args.lr), "--base", str(model), "--motion_adapter", str(model / "motion_adapter"),
             "--threads", "1", *VARIANTS[name][1]]
 
 
-def ensure_trained(work: Path, name: str, args) -> dict:
-    """WORK/name/summary.json of a finished run of --steps steps (trains / resumes it first if needed)."""
+def _finished(work: Path, name: str, args) -> bool:
+    summary = work / name / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text())["steps"] >= args.steps
+
+
+def ensure_trained(work: Path, args) -> dict[str, dict]:
+    """WORK/<variant>/summary.json of finished runs of --steps steps (trained / resumed first, --jobs at once)."""
     import subprocess
 
-    summary = work / name / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text())["steps"] >= args.steps:
-        return json.loads(summary.read_text())
-    cmd = train_command(work, name, args)
-    print("training:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return json.loads(summary.read_text())
+    todo = [n for n in VARIANTS if not _finished(work, n, args)]
+    running: list[subprocess.Popen] = []
+    for name in todo:
+        while len(running) >= args.jobs:
+            running.pop(0).wait()
+        cmd = train_command(work, name, args)
+        (work / name).mkdir(parents=True, exist_ok=True)
+        print("training:", " ".join(cmd), flush=True)
+        running.append(subprocess.Popen(cmd, stdout=open(work / f"{name}.log", "a"), stderr=subprocess.STDOUT))
+    for proc in running:
+        proc.wait()
+    failed = [n for n in VARIANTS if not _finished(work, n, args)]
+    if failed:
+        raise SystemExit(f"training failed for {', '.join(failed)} (see {work}/<name>.log)")
+    return {n: json.loads((work / n / "summary.json").read_text()) for n in VARIANTS}
+
+
+@torch.no_grad()
+def vae_round_trip(vae_folder: Path, videos: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Clips [B, F, 3, H, W] in [-1, 1] encoded (posterior mean) and decoded by the AutoencoderKL in vae_folder."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_folder, local_files_only=True).eval()
+    x = videos.flatten(0, 1)
+    out = torch.cat([vae.decode(vae.encode(x[i:i + chunk]).latent_dist.mean).sample.clamp(-1, 1) for i in range(0, len(x), chunk)])
+    return out.view_as(videos)
 
 
 def save_strips(clips: dict[str, torch.Tensor], folder: Path, n: int = 4) -> None:
@@ -98,7 +146,8 @@ def render(result: dict) -> str:
     args = argparse.Namespace(**result["args"])
     rows, speed, summaries = result["rows"], result["sample_s_per_clip"], result["train"]
     checks = targets(rows)
-    labels = {"real": "real clips of the specs (ceiling)", **{k: v[0] for k, v in VARIANTS.items()}}
+    labels = {"real": "real clips of the specs (ceiling)", "vae_shapes": "real clips, VAE round trip: shipped shapes VAE",
+              "vae_base": "real clips, VAE round trip: the base's VAE", **{k: v[0] for k, v in VARIANTS.items()}}
     table = markdown_table(
         ["model", "identity top-1 (of 260)", "identity sim. (DINO-I analogue)", "sprite colour sim.", "motion acc. (CLIP-T analogue)",
          "temporal consistency", "dynamic degree", "train s/step", "sample s/clip"],
@@ -111,23 +160,40 @@ def render(result: dict) -> str:
         f"{args.clips} clips of unseen test subjects (never in training), {args.frames} frames at {args.size} px, one reference + a "
         f"class-level prompt each (\"a star moves left\": the identity must come from the reference); the same references, "
         f"prompts and start noise for every model; DDIM {args.sample_steps} steps, guidance {args.scale}. Every model: "
-        f"{args.steps} steps of batch {args.batch_size} on the shipped shapes t2i model + a fresh shapes motion adapter, seed 0, "
-        "`lumenkit video train --size {size} --batch_size {batch} --steps {steps}` + its flag; train s/step is each run's own (five runs shared the "
-        "2 cores). Instruments (lumenkit.video.evaluate), trained on real clips of train subjects: identity top-1 = the "
+        f"{args.steps} steps of batch {args.batch_size} at lr {args.lr:g} from the video base (its VAE, UNet and motion adapter; "
+        f"{base_line(result)}), seed 0, "
+        "`lumenkit video train --base BASE/model --motion_adapter BASE/model/motion_adapter --size {size} --batch_size {batch} --steps {steps}` "
+        "+ its flag; train s/step is each run's own ({jobs} runs at a time shared the 2 cores). Instruments (lumenkit.video.evaluate), trained on real clips of train subjects: identity top-1 = the "
         "attribute classifier's best of the 260 test identities; identity similarity = cosine of the identity network's "
         "features, frames vs reference; sprite colour similarity = palette-histogram intersection inside the predicted "
         "subject mask vs the true sprite; motion accuracy = the motion classifier agrees with the prompt; temporal "
         "consistency = cosine of consecutive frames' features; dynamic degree = share of clips with optical flow above the "
-        "threshold (Farneback).\n\n".format(size=args.size, steps=args.steps, batch=args.batch_size) + table + "\n\nTargets (issue 20):\n" + check_lines
+        "threshold (Farneback).\n\n".format(size=args.size, steps=args.steps, batch=args.batch_size, jobs=args.jobs) + table + "\n\nTargets (issue 20):\n" + check_lines
         + f"\n\nChance: identity top-1 {IDENTITY_CHANCE:.3f}, motion accuracy {MOTION_CHANCE:.3f}."
         + f"\n\n_Load average {result.get('load_average', 'n/a')} on {os.cpu_count()} cores at the end of the run._")
     return body
 
 
+def base_line(result: dict) -> str:
+    """How the base was trained, from its stages' summaries."""
+    b = result.get("base", {})
+    if not b:
+        return "base not recorded"
+    parts = []
+    for stage, what in (("vae", "VAE"), ("unet", "image UNet"), ("motion", "motion stage")):
+        s = b.get(stage, {})
+        if s:
+            parts.append(f"{what} {s['steps']} steps of batch {s['batch_size']} in {s['seconds'] / 60:.0f} min")
+    return "base: " + ", ".join(parts) + ", on this machine"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(ROOT / "outputs" / "video_bench64"), help="training folders (kept; resumable)")
+    ap.add_argument("--base", default=str(ROOT / "outputs" / "video_base"), help="the base's folder (`lumenkit video base --out`; trained when absent)")
     ap.add_argument("--steps", type=int, default=900, help="training steps of every model")
+    ap.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of every model (paper: 1e-5)")
+    ap.add_argument("--jobs", type=int, default=5, help="models trained at once (one torch thread each)")
     ap.add_argument("--batch_size", type=int, default=4, help="training clips per step")
     ap.add_argument("--size", type=int, default=64, help="frame size (the shipped t2i model makes garbage below 64 px)")
     ap.add_argument("--frames", type=int, default=8)
@@ -156,11 +222,16 @@ def main() -> None:
     from lumenkit.video.pipeline import load_trained
 
     work = Path(args.work)
-    summaries = {name: ensure_trained(work, name, args) for name in VARIANTS}
+    base = ensure_base(args)
+    summaries = ensure_trained(work, args)
     ev = evaluators_at(args.evaluators)
     batch, prompts = eval_set(args.clips, args.seed, args.frames, args.size)
     truth = (batch.identity_ids, batch.motion_ids)
     rows = {"real": ev.score(batch.videos, batch.references, *truth)}
+    from lumenkit.t2i.pipeline import SHIPPED_MODEL
+
+    for key, folder in (("vae_shapes", SHIPPED_MODEL / "vae"), ("vae_base", Path(args.base) / "model" / "vae")):
+        rows[key] = ev.score(vae_round_trip(folder, batch.videos), batch.references, *truth)
     clips, speed = {"real": batch.videos}, {}
     for name in VARIANTS:
         pipe = load_trained(work / name)
@@ -170,7 +241,7 @@ def main() -> None:
     save_strips(clips, work / "strips")
     result = {"rows": rows, "sample_s_per_clip": speed, "train": {k: {"steps": s["steps"], "s_per_step": s["s_per_step"],
               "seconds": s["seconds"], "trainable_params": s["trainable_params"]} for k, s in summaries.items()},
-              "args": vars(args), "load_average": round(os.getloadavg()[0], 1), "command": command_line()}
+              "base": base, "args": vars(args), "load_average": round(os.getloadavg()[0], 1), "command": command_line()}
     body = render(result)
     print(body)
     if not args.no_write:

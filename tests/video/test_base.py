@@ -110,3 +110,20 @@ def test_vae_and_unet_stages_start_from_the_shipped_model(tiny_base):
         assert a.keys() == b.keys()
         rel = max(float((a[k] - b[k]).norm() / (a[k].norm() + 1e-8)) for k in a if a[k].numel() > 16)
         assert 0 < rel < 0.2, (part, rel)
+
+
+def test_mixed_captions_are_drawn_per_clip_for_the_global_batch():
+    """--captions mixed: both forms occur, the draw is the step's (resume-safe), and a process's rows are
+    its slice of the global batch's draw (N processes = 1)."""
+    from types import SimpleNamespace
+
+    from lumenkit.video.train import VideoMakerLoss, VideoTrainConfig
+
+    loss = SimpleNamespace(cfg=VideoTrainConfig(captions="mixed", batch_size=16))
+    modes = VideoMakerLoss.caption_modes(loss, 3, slice(0, 16))
+    assert set(modes) == {"full", "class"}
+    assert VideoMakerLoss.caption_modes(loss, 3, slice(0, 16)) == modes
+    assert VideoMakerLoss.caption_modes(loss, 3, slice(4, 8)) == modes[4:8]
+    assert VideoMakerLoss.caption_modes(loss, 4, slice(0, 16)) != modes
+    fixed = SimpleNamespace(cfg=VideoTrainConfig(captions="class", batch_size=16))
+    assert VideoMakerLoss.caption_modes(fixed, 3, slice(2, 5)) == ["class"] * 3

@@ -18,7 +18,7 @@ whole time: tokenizer/, text_encoder/, clip/, scheduler/ are the shipped model's
    train-identity clips with their captions, full or class-level at random (run_unet with finetune,
    EMA) -> WORK/unet. This is the image model of the world.
 3. ``motion``: the AnimateDiff stage, text-to-video: the video trainer (lumenkit.video.train, conditioning
-   none, full captions) trains a fresh motion adapter together with the spatial attention (attn1 and attn2:
+   none, captions full or class-level at random) trains a fresh motion adapter together with the spatial attention (attn1 and attn2:
    the frozen text tower gives the motion words byte-token features that only a trained cross-attention
    can map to motion; SD's CLIP needs no such help) in WORK/motion_train; exported as WORK/model, an SD
    folder whose unet/ has the trained attention, with WORK/model/motion_adapter (a diffusers MotionAdapter).
@@ -77,7 +77,7 @@ class BaseMotionConfig(VideoTrainConfig):
     """Stage 3 (`lumenkit video base motion`): text-to-video with a fresh motion adapter (the AnimateDiff stage)."""
 
     conditioning: Literal["pisa", "none", "ip_adapter"] = "none"
-    captions: Literal["class", "full"] = "full"
+    captions: Literal["class", "full", "mixed"] = "mixed"
     train_cross_attention: bool = True
     p_ref_drop: float = 0.0
     p_both_drop: float = 0.1

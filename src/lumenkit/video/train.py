@@ -78,6 +78,9 @@ CONFIG_FORMAT = "lumenkit-videomaker-train-v1"
 CONTEXT_CACHE = 4096  # text contexts kept per process (dropping them changes nothing: each is encoded alone)
 
 
+MIXED_CAPTION_SEED = 7919  # offset of the seed of --captions mixed's draws
+
+
 @dataclass
 class VideoTrainConfig(TrainConfig):
     """`lumenkit video train --out DIR` flags: the engine's (TrainConfig) plus VideoMaker's."""
@@ -95,8 +98,9 @@ class VideoTrainConfig(TrainConfig):
     conditioning: Literal["pisa", "none", "ip_adapter"] = param(
         "pisa", "how the reference enters: pisa = VideoMaker; none = text-to-video baseline (a); "
         "ip_adapter = pooled image embedding via decoupled cross-attention, baseline (b) (lumenkit.video.baselines)")
-    captions: Literal["class", "full"] = param("class", "training captions: class names the shape only ('a star moves left', "
-                                              "the identity comes from the reference, as the paper's prompts); full names the identity")
+    captions: Literal["class", "full", "mixed"] = param("class", "training captions: class names the shape only ('a star moves left', "
+                                              "the identity comes from the reference, as the paper's prompts); full names the identity; "
+                                              "mixed draws one of the two per clip (the base's motion stage)")
     p_ref_drop: float = param(P_REF, "probability of dropping the reference alone (classifier-free guidance)")
     p_both_drop: float = param(P_BOTH, "probability of dropping the reference and the text together")
     # engine defaults changed for this stage
@@ -119,7 +123,7 @@ class VideoTrainConfig(TrainConfig):
         check(isinstance(self.size, int) and 32 <= self.size <= 256 and self.size % 8 == 0, "size", self.size,
               "must be a multiple of 8 in [32, 256]")
         check(self.conditioning in CONDITIONINGS, "conditioning", self.conditioning, f"expected one of {', '.join(CONDITIONINGS)}")
-        check(self.captions in ("class", "full"), "captions", self.captions, "expected class or full")
+        check(self.captions in ("class", "full", "mixed"), "captions", self.captions, "expected class, full or mixed")
         check_range("alpha", self.alpha, 0, 1)
         check_range("beta", self.beta, 0)
         check_range("p_ref_drop", self.p_ref_drop, 0, 1)
@@ -241,6 +245,15 @@ class VideoMakerLoss:
         eps_ref = torch.randn((cfg.batch_size, *shape_ref), generator=g)
         return t, drop, eps, eps_ref
 
+    def caption_modes(self, step: int, rows: slice) -> list[str]:
+        """The caption form of each clip of these rows: cfg.captions, or with "mixed" full / class at even odds,
+        drawn for the whole global batch from their own generator (the other draws stay those of class / full)."""
+        cfg = self.cfg
+        if cfg.captions != "mixed":
+            return [cfg.captions] * len(range(*rows.indices(cfg.batch_size)))
+        full = torch.rand(cfg.batch_size, generator=torch_gen(cfg.seed + MIXED_CAPTION_SEED, step)) < 0.5
+        return ["full" if f else "class" for f in full[rows].tolist()]
+
     def __call__(self, model, step: int, rows: slice) -> torch.Tensor:
         """gir_loss(...).loss of these rows, except that L_reg's mean is over the kept references of the
         whole GLOBAL batch. The engine averages the losses of equal-sized row blocks (processes x
@@ -272,7 +285,7 @@ class VideoMakerLoss:
         ref = self.latents(b.references)
         t, drop, eps, eps_ref = self.draws(step, tuple(z0.shape[1:]), tuple(ref.shape[1:]))
         t, ref_drop, text_drop, eps, eps_ref = (v[rows].to(self.device) for v in (t, drop.ref, drop.text, eps, eps_ref))
-        captions = [s.caption(cfg.captions) for s in b.specs]
+        captions = [s.caption(m) for s, m in zip(b.specs, self.caption_modes(step, rows))]
         context = drop_text(self.contexts(captions), self.null_context, text_drop)
         if not uses_reference_frame(cfg.conditioning):
             return self._baseline_loss(model, b, z0, t, context, eps, ref_drop), drop.ref
