@@ -1,4 +1,4 @@
-"""`lumenkit gsir synth | train | render | eval` (flags named as GS-IR / 3DGS's scripts, generated from gsir/config.py)
+"""`lumenkit gsir synth | train | bake | render | eval` (flags named as GS-IR / 3DGS's scripts, generated from gsir/config.py)
 and the demo section. Each command validates its configs before it writes anything."""
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     add_config_arguments(t, TrainOptions)
     add_device_arg(t)
     t.set_defaults(func=cmd_train)
+
+    _register_bake(verbs)
 
     r = verbs.add_parser("render", help="render test (and train) views with all attribute maps (render.py)")
     add_config_arguments(r, SceneOptions)
@@ -76,6 +78,45 @@ def cmd_train(args) -> int:
     scene = _read(where.source_path, white_background=cfg.white_background, resolution=cfg.resolution, eval_split=where.eval, layout=where.layout)
     res = training(scene, where.model_path, cfg, device, start_checkpoint=opts.start_checkpoint, progress=not opts.quiet)
     print(f"[gsir train] {res['iterations']} iterations, {res['its_per_s']:.2f} it/s, {res['num_gaussians']} Gaussians, train PSNR {res['train_psnr']:.2f} dB; checkpoint {Path(where.model_path) / ('chkpnt%d.pth' % res['iterations'])}")
+    return 0
+
+
+def _register_bake(verbs) -> None:
+    """`lumenkit gsir bake`: flags from bake.BakeConfig; --preset picks GS-IR's synthetic or unbounded defaults."""
+    from lumenkit.gsir.bake import BAKE_PRESETS, BakeConfig
+
+    presets = "; ".join(f"{name}: --bound {c.bound} --occlu_res {c.occlu_res} --occlusion {c.occlusion}" for name, c in BAKE_PRESETS.items())
+    b = verbs.add_parser("bake", help="bake the occlusion volumes of a stage-1 model (baking.py) into <model>/occlusion_volumes.safetensors")
+    b.add_argument("-m", "--model_path", required=True, help="model folder (reads its newest chkpnt<N>.pth, writes occlusion_volumes.safetensors)")
+    b.add_argument("--checkpoint", default=None, help="stage-1 chkpnt<N>.pth (default: the newest in -m)")
+    b.add_argument("--preset", choices=tuple(BAKE_PRESETS), default="synthetic", help=f"defaults of the flags below ({presets}); given flags win")
+    add_config_arguments(b, BakeConfig, group="baking (BakeConfig; defaults shown are the synthetic preset's)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_arg(b)
+    b.set_defaults(func=cmd_bake)
+
+
+def cmd_bake(args) -> int:
+    import dataclasses
+
+    from lumenkit.gsir.bake import BAKE_PRESETS, OCCLUSION_FILE, BakeConfig, bake_to_file
+    from lumenkit.gsir.rasterize import check_backend
+    from lumenkit.gsir.train import latest_checkpoint, load_model
+
+    cfg = config_from_args(BakeConfig, args, base=dataclasses.asdict(BAKE_PRESETS[args.preset]))
+    device = resolve_device(args.device)
+    check_backend(cfg.backend, device)
+    model_path = Path(args.model_path)
+    ck = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(model_path)
+    if ck is None:
+        raise LumenkitError(f"-m {model_path}: no stage-1 checkpoint chkpnt<N>.pth; bake runs after stage 1 "
+                            f"(lumenkit gsir train -m {model_path} -s SCENE) or takes --checkpoint")
+    gaussians, iteration, _ = load_model(ck, device)
+    out = model_path / OCCLUSION_FILE
+    res = bake_to_file(gaussians, out, cfg, progress=not args.quiet, source=str(ck))
+    st = res.stats
+    print(f"[gsir bake] {ck.name} (iteration {iteration}): {st['points']} of {cfg.occlu_res}^3 grid points baked, {st['renders']} cube faces "
+          f"at {cfg.face_res}px in {st['seconds']:.1f} s = {st['points_per_s']:.2f} points/s; wrote {out}")
     return 0
 
 
